@@ -1,0 +1,1 @@
+"""gearproto.fuzz: fuzz-testing for Gearman servers and for gearproto itself."""

@@ -1,0 +1,3 @@
+"""The version of gearproto (single source)."""
+
+__version__ = "0.1.0"

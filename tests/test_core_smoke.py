@@ -60,5 +60,8 @@ def test_server_refuses_work_for_unassigned_handle_with_gearmands_error() -> Non
     assert not info.value.fatal
     assert info.value.hint == Error(b"JOB_NOT_FOUND", b"Job given in work result not found")
     # The server may now send the hinted ERROR: it is what the peer is owed.
-    assert view.send(info.value.hint) == b"\0RES\0\0\0\x13\0\0\0\x30JOB_NOT_FOUND\0Job given in work result not found"
+    assert (
+        view.send(info.value.hint)
+        == b"\0RES\0\0\0\x13\0\0\0\x30JOB_NOT_FOUND\0Job given in work result not found"
+    )
     assert worker.pending_replies == 0

@@ -25,9 +25,7 @@ def _config() -> dict[str, object]:
 
 
 def _source_packages() -> set[str]:
-    found = set()
-    for init in (ROOT / "gearproto").glob("__init__.py"):
-        found.add("gearproto")
+    found = {"gearproto"}
     for package, folder in MAPPED.items():
         for init in (ROOT / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / folder)
@@ -48,7 +46,8 @@ def test_symlinks_let_tools_see_the_mapped_packages() -> None:
     # mypy and `python -m pytest` resolve gearproto.server through these links.
     for folder in MAPPED.values():
         link = ROOT / "gearproto" / folder
-        assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve()
+        assert link.is_symlink()
+        assert link.resolve() == (ROOT / folder).resolve()
 
 
 def test_wheel_installs_and_imports_outside_the_tree(tmp_path: Path) -> None:

@@ -1,0 +1,814 @@
+"""Gearman client, worker and admin for asyncio.
+
+Connections are :class:`asyncio.Protocol` objects that feed the sans-IO core directly;
+writes made in one loop iteration are coalesced into one ``transport.write``.
+Cancellation is plain asyncio: cancelling a task that awaits a job, a request or
+``Worker.work()`` raises :class:`asyncio.CancelledError` there and leaves the client
+consistent (see docs/timeouts.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from gearproto import Limits, Priority, admin
+from gearproto.events import StatusRes, StatusResUnique
+
+from . import _api
+from . import _client_engine as _ce
+from . import _worker_engine as _we
+from ._outcomes import (
+    Abandoned,
+    Accepted,
+    AdminCommandError,
+    Completed,
+    ConnectError,
+    ConnectionLost,
+    Disconnected,
+    ExceptionRaised,
+    Failed,
+    GearmanError,
+    JobAbandoned,
+    JobDisconnected,
+    JobError,
+    JobException,
+    JobFailed,
+    JobRejected,
+    JobTimedOut,
+    Outcome,
+    Rejected,
+    RequestTimeout,
+    ServerError,
+    TimedOut,
+    raise_for,
+)
+from ._routing import Backoff, ServerAddress, ServerSpec
+from ._session import Session, Slot
+from ._worker_engine import JobFail, WorkException
+
+__all__ = [
+    "Abandoned",
+    "Accepted",
+    "Admin",
+    "AdminCommandError",
+    "Client",
+    "Completed",
+    "ConnectError",
+    "ConnectionLost",
+    "Disconnected",
+    "ExceptionRaised",
+    "Failed",
+    "GearmanError",
+    "Job",
+    "JobAbandoned",
+    "JobDisconnected",
+    "JobError",
+    "JobException",
+    "JobFail",
+    "JobFailed",
+    "JobRejected",
+    "JobTimedOut",
+    "Outcome",
+    "Rejected",
+    "RequestTimeout",
+    "ServerError",
+    "TimedOut",
+    "WorkException",
+    "Worker",
+    "WorkerJob",
+]
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class _Protocol(asyncio.Protocol):
+    """One TCP connection: bytes in go to the engine; EOF and errors end the session."""
+
+    def __init__(self, driver: _Driver) -> None:
+        self.driver = driver
+        self.session: Session | None = None
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = driver.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None:
+            driver = self.driver
+            driver.engine.data_received(session, data, driver.loop.time())
+
+    def eof_received(self) -> bool:
+        session = self.session
+        if session is not None:
+            self.driver.engine.data_received(session, None, self.driver.loop.time())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session = self.session
+        if session is not None:
+            self.driver.engine.connection_lost(
+                session, exc or ConnectionResetError("connection closed"), self.driver.loop.time()
+            )
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class _Driver:
+    """The engine's view of asyncio: connect, write (coalesced), close, one timer."""
+
+    def __init__(self, engine: Any, connect_timeout: float | None) -> None:
+        self.engine = engine
+        self.connect_timeout = connect_timeout
+        self.loop = asyncio.get_running_loop()
+        self._dirty: list[Slot] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._protocols: set[_Protocol] = set()
+
+    # Driver interface
+    def connect(self, slot: Slot) -> None:
+        task = self.loop.create_task(self._connect(slot))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self, slot: Slot, session: Session) -> None:
+        proto = slot.io
+        if isinstance(proto, _Protocol) and proto.session is session and proto.transport:
+            proto.session = None
+            # Whatever was queued for this connection is dropped with it.
+            proto.transport.abort()
+
+    def flush(self, slot: Slot) -> None:
+        if not self._dirty:
+            self.loop.call_soon(self._flush)
+        self._dirty.append(slot)
+
+    def timer_changed(self) -> None:
+        when = self.engine.next_timer()
+        if when is None or (self._timer_at is not None and self._timer_at <= when):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    # Internals
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for slot in dirty:
+            proto = slot.io
+            data = slot.take_output()
+            if data and isinstance(proto, _Protocol) and proto.transport is not None:
+                proto.transport.write(data)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.engine.handle_timers(self.loop.time())
+        self.timer_changed()
+
+    async def _connect(self, slot: Slot) -> None:
+        host, port = slot.address
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, proto = await self.loop.create_connection(
+                    lambda: _Protocol(self), host, port
+                )
+        except TimeoutError:
+            self.engine.connect_failed(
+                slot,
+                TimeoutError(f"connect timed out after {self.connect_timeout:g} s"),
+                self.loop.time(),
+            )
+            return
+        except OSError as exc:
+            self.engine.connect_failed(slot, exc, self.loop.time())
+            return
+        slot.io = proto
+        self._protocols.add(proto)
+        proto.lost.add_done_callback(lambda _: self._protocols.discard(proto))
+        session = self.engine.connected(slot, self.loop.time())
+        if session is None:
+            transport.close()
+            return
+        proto.session = session
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._flush()
+        for task in list(self._tasks):
+            task.cancel()
+        for proto in list(self._protocols):
+            if proto.transport is not None:
+                proto.transport.close()
+        waiters = [p.lost for p in self._protocols]
+        if waiters:
+            await asyncio.wait(waiters, timeout=5.0)
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class _Waitable:
+    """Mixin: one asyncio.Event per round of changes, shared by every waiter."""
+
+    _event: asyncio.Event | None
+
+    def _wake(self) -> None:
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    async def _changed(self) -> None:
+        event = self._event
+        if event is None:
+            event = self._event = asyncio.Event()
+        await event.wait()
+
+
+# --------------------------------------------------------------------------- client
+
+
+class Job(_Waitable, _ce.Job):
+    """A submitted job.  ``await job.wait()`` for its outcome, ``async for`` its updates."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, engine: _ce.ClientEngine, request: Any) -> None:
+        super().__init__(engine, request)
+        self._event = None
+
+    async def wait(self) -> Outcome:
+        """The job's outcome, once it has one (cancelling this wait leaves the job alone)."""
+        while self.outcome is None:
+            await self._changed()
+        return self.outcome
+
+    async def result(self) -> bytes:
+        """The result data; raises a :class:`JobError` if the job did not complete.
+
+        For a background job: its handle once the server accepted it.
+        """
+        return raise_for(await self.wait())
+
+    async def wait_created(self) -> bytes:
+        """The job handle, once JOB_CREATED arrived; raises if the job ended first."""
+        while self.handle is None:
+            if self.outcome is not None:
+                raise_for(self.outcome)
+            await self._changed()
+        return self.handle
+
+    def __aiter__(self) -> AsyncIterator[_ce.Update]:
+        return self._updates_iter()
+
+    async def _updates_iter(self) -> AsyncIterator[_ce.Update]:
+        while True:
+            update = self._next_update()
+            if update is not None:
+                yield update
+                continue
+            if self.outcome is not None:
+                return
+            await self._changed()
+
+    def abandon(self) -> None:
+        """Stop following the job (outcome :class:`Abandoned`); the server keeps it."""
+        self._engine.abandon(self)
+
+
+class _Request(_Waitable, _ce.Request):
+    __slots__ = ("_event",)
+
+    def __init__(self, event: Any) -> None:
+        super().__init__(event)
+        self._event = None
+
+
+class _Base:
+    _engine: Any
+    _driver: _Driver | None
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _request(
+        self,
+        event: Any,
+        *,
+        slot: Slot | None = None,
+        key: bytes | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        self._require_started()
+        req = _Request(event)
+        self._engine.request(req, self._now(), slot=slot, key=key, timeout=timeout)
+        try:
+            while not req.done:
+                await req._changed()
+        except BaseException:
+            self._engine.abandon_request(req)
+            raise
+        return req.result()
+
+    def _require_started(self) -> None:
+        if self._driver is None:
+            raise RuntimeError("use 'async with' (or await start()) before using this object")
+
+
+class Client(_Base):
+    """A Gearman client over one or several servers.
+
+    Use it as ``async with Client("127.0.0.1:4730") as client:``.  Every duration is in
+    seconds; see :class:`~gearproto.bindings._client_engine.ClientOptions` for their
+    meaning and docs/timeouts.md for how they compose with cancellation.
+    """
+
+    def __init__(
+        self,
+        servers: ServerSpec | Iterable[ServerSpec],
+        *,
+        connect_timeout: float | None = 5.0,
+        created_timeout: float | None = 10.0,
+        timeout: float | None = None,
+        max_attempts: int = 3,
+        exceptions: bool = True,
+        client_id: bytes | str | None = None,
+        backoff: Backoff | None = None,
+        limits: Limits | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._options = _api.client_options(
+            connect_timeout=connect_timeout,
+            created_timeout=created_timeout,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            exceptions=exceptions,
+            client_id=client_id,
+            backoff=backoff,
+            limits=limits,
+        )
+        self._servers = _api.servers_list(servers)
+        self._seed = seed
+        self._driver = None
+
+    @property
+    def servers(self) -> list[ServerAddress]:
+        return list(self._servers)
+
+    async def start(self) -> None:
+        """Start connecting to every server (``async with`` does this)."""
+        if self._driver is not None:
+            return
+        self._driver = _Driver(None, self._options.connect_timeout)
+        self._engine = _ce.ClientEngine(
+            self._servers, self._driver, self._options, _api.make_rng(self._seed)
+        )
+        self._driver.engine = self._engine
+        self._engine.start()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every connection; jobs still running end :class:`Disconnected`."""
+        if self._driver is None:
+            return
+        self._engine.close(self._now())
+        await self._driver.aclose()
+
+    def submit(
+        self,
+        function: bytes | str,
+        data: bytes | bytearray | memoryview | str = b"",
+        *,
+        unique: bytes | str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        background: bool = False,
+        epoch: float | None = None,
+        reducer: bytes | str | None = None,
+        timeout: float | None = None,
+        created_timeout: float | None = None,
+    ) -> Job:
+        """Submit a job and return at once (submissions pipeline on the connection).
+
+        ``epoch`` (Unix time) makes a background job that does not run before then;
+        ``reducer`` makes a map/reduce job.  ``timeout`` bounds the whole job (default:
+        the client's), ``created_timeout`` the wait for JOB_CREATED.
+        """
+        self._require_started()
+        request = self._engine.make_request(
+            function,
+            data,
+            unique=unique,
+            priority=priority,
+            background=background or epoch is not None,
+            epoch=epoch,
+            reducer=reducer,
+        )
+        job = Job(self._engine, request)
+        self._engine.submit(job, self._now(), timeout=timeout, created_timeout=created_timeout)
+        return job
+
+    async def call(
+        self,
+        function: bytes | str,
+        data: bytes | bytearray | memoryview | str = b"",
+        **options: Any,
+    ) -> bytes:
+        """Submit a foreground job and return its result (raises :class:`JobError`).
+
+        Cancelling the call abandons the job.
+        """
+        job = self.submit(function, data, **options)
+        try:
+            outcome = await job.wait()
+        except BaseException:
+            job.abandon()
+            raise
+        return raise_for(outcome)
+
+    async def echo(
+        self,
+        data: bytes | str = b"",
+        *,
+        server: ServerSpec | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """ECHO_REQ round trip to ``server`` (default: any connected one)."""
+        slot = self._engine.slot_for_server(_api.server_address(server))
+        reply = await self._request(_api.echo_event(data), slot=slot, timeout=timeout)
+        return bytes(reply.data)
+
+    async def get_status(
+        self,
+        job_or_handle: Job | bytes | str,
+        *,
+        server: ServerSpec | None = None,
+        timeout: float | None = None,
+    ) -> StatusRes:
+        """GET_STATUS for a job (or a handle on ``server``)."""
+        if isinstance(job_or_handle, Job):
+            handle = await job_or_handle.wait_created()
+            address: ServerAddress | None = job_or_handle.server
+        else:
+            handle = job_or_handle if isinstance(job_or_handle, bytes) else job_or_handle.encode()
+            address = _api.server_address(server)
+        slot = self._engine.slot_for_server(address)
+        if slot is None and len(self._servers) > 1:
+            raise ValueError("a bare handle needs server= when the client has several servers")
+        reply: StatusRes = await self._request(
+            _api.status_event(handle), slot=slot, timeout=timeout
+        )
+        return reply
+
+    async def get_status_unique(
+        self, unique: bytes | str, *, server: ServerSpec | None = None, timeout: float | None = None
+    ) -> StatusResUnique:
+        """GET_STATUS_UNIQUE, sent to the server the unique id hashes to."""
+        event = _api.status_unique_event(unique)
+        slot = self._engine.slot_for_server(_api.server_address(server))
+        reply: StatusResUnique = await self._request(
+            event, slot=slot, key=event.unique, timeout=timeout
+        )
+        return reply
+
+    def statistics(self) -> dict[str, Any]:
+        """Jobs in flight, replies owed, server states (for monitoring and tests)."""
+        self._require_started()
+        stats: dict[str, Any] = self._engine.statistics()
+        return stats
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+class Admin(_Base):
+    """The admin text protocol of one server; every command returns the core's reply.
+
+    An ``ERR`` answer raises :class:`AdminCommandError`.
+    """
+
+    def __init__(
+        self,
+        server: ServerSpec,
+        *,
+        timeout: float | None = 10.0,
+        connect_timeout: float | None = 5.0,
+    ) -> None:
+        self._address = _api.servers_list([server])
+        self._timeout = timeout
+        self._options = _api.client_options(
+            connect_timeout=connect_timeout,
+            created_timeout=None,
+            timeout=None,
+            max_attempts=1,
+            exceptions=False,
+            client_id=None,
+            backoff=None,
+            limits=None,
+        )
+        self._driver = None
+
+    async def start(self) -> None:
+        if self._driver is not None:
+            return
+        self._driver = _Driver(None, self._options.connect_timeout)
+        self._engine = _ce.ClientEngine(self._address, self._driver, self._options)
+        self._driver.engine = self._engine
+        self._engine.start()
+
+    async def __aenter__(self) -> Admin:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._driver is None:
+            return
+        self._engine.close(self._now())
+        await self._driver.aclose()
+
+    async def command(self, command: admin.AdminCommand) -> Any:
+        """Send any admin command and return its typed reply."""
+        return await self._request(command, slot=self._engine.slots[0], timeout=self._timeout)
+
+    async def status(self) -> admin.StatusReply:
+        reply: admin.StatusReply = await self.command(admin.Status())
+        return reply
+
+    async def priority_status(self) -> admin.PriorityStatusReply:
+        reply: admin.PriorityStatusReply = await self.command(admin.PriorityStatus())
+        return reply
+
+    async def workers(self) -> admin.WorkersReply:
+        reply: admin.WorkersReply = await self.command(admin.Workers())
+        return reply
+
+    async def show_jobs(self) -> admin.ShowJobsReply:
+        reply: admin.ShowJobsReply = await self.command(admin.ShowJobs())
+        return reply
+
+    async def show_unique_jobs(self) -> admin.ShowUniqueJobsReply:
+        reply: admin.ShowUniqueJobsReply = await self.command(admin.ShowUniqueJobs())
+        return reply
+
+    async def cancel_job(self, handle: bytes | str) -> admin.AdminOk:
+        reply: admin.AdminOk = await self.command(_api.cancel_job_command(handle))
+        return reply
+
+    async def create_function(self, function: bytes | str) -> admin.AdminOk:
+        reply: admin.AdminOk = await self.command(_api.create_function_command(function))
+        return reply
+
+    async def drop_function(self, function: bytes | str) -> admin.AdminOk:
+        reply: admin.AdminOk = await self.command(_api.drop_function_command(function))
+        return reply
+
+    async def max_queue(self, function: bytes | str, *limits: int) -> admin.AdminOk:
+        reply: admin.AdminOk = await self.command(_api.max_queue_command(function, *limits))
+        return reply
+
+    async def getpid(self) -> int:
+        reply: admin.AdminOk = await self.command(admin.GetPid())
+        return int(reply.value or b"0")
+
+    async def verbose(self) -> bytes:
+        reply: admin.AdminOk = await self.command(admin.Verbose())
+        return reply.value or b""
+
+    async def version(self) -> bytes:
+        reply: admin.AdminOk = await self.command(admin.Version())
+        return reply.value or b""
+
+    async def shutdown(self, graceful: bool = False) -> admin.AdminOk:
+        reply: admin.AdminOk = await self.command(admin.Shutdown(graceful))
+        return reply
+
+
+# --------------------------------------------------------------------------- worker
+
+
+class WorkerJob(_we.WorkerJob):
+    """A job being run: ``data``, ``unique``, ``handle``, and ``send_data`` & co.
+
+    The ``send_*`` methods may be called from the loop or from the thread running a
+    synchronous job function.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._task: asyncio.Future[Any] | None = None
+
+    def _send(self, event: Any) -> bool:
+        driver = self._engine.driver
+        if threading.get_ident() == driver.thread_id:
+            return super()._send(event)
+        if self.cancelled:
+            return False
+        driver.loop.call_soon_threadsafe(_we.WorkerJob._send, self, event)
+        return True
+
+
+class _WorkerDriver(_Driver):
+    def __init__(self, engine: Any, connect_timeout: float | None, concurrency: int) -> None:
+        super().__init__(engine, connect_timeout)
+        self.thread_id = threading.get_ident()
+        self.drained_event = asyncio.Event()
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="gearproto-job"
+        )
+        self.jobs: set[WorkerJob] = set()
+
+    def start_job(self, job: _we.WorkerJob) -> None:
+        assert isinstance(job, WorkerJob) and job.spec is not None
+        self.jobs.add(job)
+        if job.spec.is_async:
+            job._task = self.loop.create_task(self._run_async(job))
+        else:
+            future = self.loop.run_in_executor(self.executor, _call_sync, job)
+            job._task = future
+            future.add_done_callback(lambda f: self._sync_done(job, f))
+
+    async def _run_async(self, job: WorkerJob) -> None:
+        assert job.spec is not None
+        try:
+            value = await job.spec.func(job)
+        except asyncio.CancelledError:
+            self.jobs.discard(job)
+            self.engine.job_raised(job, TimeoutError("cancelled"))
+            if not job.expired:
+                raise
+            return
+        except Exception as exc:
+            self.jobs.discard(job)
+            self.engine.job_raised(job, exc)
+            return
+        self.jobs.discard(job)
+        self.engine.job_returned(job, value)
+
+    def _sync_done(self, job: WorkerJob, future: asyncio.Future[Any]) -> None:
+        self.jobs.discard(job)
+        if future.cancelled():
+            self.engine.job_raised(job, TimeoutError("cancelled"))
+            return
+        exc = future.exception()
+        if exc is not None:
+            self.engine.job_raised(job, exc)
+        else:
+            self.engine.job_returned(job, future.result())
+
+    def cancel_job(self, job: _we.WorkerJob) -> None:
+        assert isinstance(job, WorkerJob)
+        # A job running in a thread cannot be stopped: it keeps its slot until it returns
+        # (it can poll ``job.cancelled``).
+        if job._task is not None and job.spec is not None and job.spec.is_async:
+            job._task.cancel()
+
+    def drained(self) -> None:
+        self.drained_event.set()
+
+
+def _call_sync(job: WorkerJob) -> Any:
+    assert job.spec is not None
+    return job.spec.func(job)
+
+
+class Worker:
+    """A Gearman worker: register functions, then ``await worker.work()``.
+
+    ``concurrency`` jobs run at once over all servers (async functions as tasks,
+    plain functions in a thread pool of that size); the worker never grabs a job it
+    cannot start.  ``drain()`` (or SIGTERM with ``handle_signals=True``) stops grabbing,
+    lets running jobs finish and makes ``work()`` return.
+    """
+
+    def __init__(
+        self,
+        servers: ServerSpec | Iterable[ServerSpec],
+        *,
+        concurrency: int = 1,
+        client_id: bytes | str | None = None,
+        connect_timeout: float | None = 5.0,
+        backoff: Backoff | None = None,
+        limits: Limits | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._servers = _api.servers_list(servers)
+        self._options = _we.WorkerOptions(
+            concurrency=concurrency,
+            client_id=client_id.encode() if isinstance(client_id, str) else client_id,
+            connect_timeout=connect_timeout,
+            backoff=backoff or Backoff(),
+            limits=limits,
+        )
+        self._functions: dict[bytes, _we.FunctionSpec] = {}
+        self._engine: _we.WorkerEngine | None = None
+        self._driver: _WorkerDriver | None = None
+        self._seed = seed
+        self._drain_requested = False
+
+    def register(
+        self,
+        function: bytes | str,
+        func: Callable[[WorkerJob], Any] | None = None,
+        *,
+        timeout: float | None = None,
+        server_timeout: float | None = None,
+    ) -> Any:
+        """Register ``func`` for ``function`` (or use as a decorator without ``func``).
+
+        ``timeout`` is a local limit in seconds (the job is reported failed with a
+        WORK_EXCEPTION and, if async, cancelled); ``server_timeout`` is sent as
+        CAN_DO_TIMEOUT so the server takes the job back after that many seconds.
+        """
+        name = function.encode() if isinstance(function, str) else bytes(function)
+
+        def add(f: Callable[[WorkerJob], Any]) -> Callable[[WorkerJob], Any]:
+            spec = _we.FunctionSpec(name, f, timeout, server_timeout)
+            self._functions[name] = spec
+            if self._engine is not None:
+                self._engine.register(spec)
+            return f
+
+        return add if func is None else add(func)
+
+    def unregister(self, function: bytes | str) -> None:
+        name = function.encode() if isinstance(function, str) else bytes(function)
+        del self._functions[name]
+        if self._engine is not None:
+            self._engine.unregister(name)
+
+    def drain(self) -> None:
+        """Finish running jobs, grab no more, then make ``work()`` return."""
+        self._drain_requested = True
+        if self._engine is not None:
+            self._engine.drain()
+
+    async def work(self, *, handle_signals: bool = False) -> None:
+        """Connect, run jobs until drained; cancelling it closes at once."""
+        if self._engine is not None:
+            raise RuntimeError("this worker is already working")
+        loop = asyncio.get_running_loop()
+        driver = _WorkerDriver(None, self._options.connect_timeout, self._options.concurrency)
+        engine = _we.WorkerEngine(
+            self._servers, driver, self._options, WorkerJob, _api.make_rng(self._seed)
+        )
+        driver.engine = engine
+        self._driver, self._engine = driver, engine
+        for spec in self._functions.values():
+            engine.functions[spec.name] = spec
+        signals: list[int] = []
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.drain)
+                    signals.append(sig)
+        try:
+            engine.start()
+            if self._drain_requested:
+                engine.drain()
+            await driver.drained_event.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            engine.close(loop.time())
+            for job in list(driver.jobs):
+                if job._task is not None:
+                    job._task.cancel()
+            await driver.aclose()
+            driver.executor.shutdown(wait=False, cancel_futures=True)
+            self._engine = None
+            self._driver = None
+
+    def statistics(self) -> dict[str, Any]:
+        if self._engine is None:
+            return {"running": 0, "grabs": 0, "jobs_done": 0, "draining": False, "servers": {}}
+        return self._engine.statistics()

@@ -1,1 +1,28 @@
-"""The gearproto job server (embeddable, gearmand-compatible)."""
+"""The gearproto job server: gearmand's semantics, embeddable, sans-IO at its heart.
+
+* :class:`JobServer` runs it: ``async with JobServer() as server`` inside asyncio or
+  trio, ``with JobServer() as server`` from synchronous code (background thread).
+* :class:`ServerCore` is the server as a pure state machine, for custom runners and
+  deterministic tests; :class:`ServerConfig` holds its settings.
+* ``gearproto server`` / ``python -m gearproto.server`` is the gearmand-compatible
+  command line (:mod:`gearproto.server.cli`).
+"""
+
+from ._server import JobServer, new_event_loop
+from ._state import PeerInfo
+from .core import ServerConfig, ServerCore, Transmit, default_admin_guard
+from .storage import JobStore, MemoryStore, StoreBatch, StoredJob
+
+__all__ = [
+    "JobServer",
+    "JobStore",
+    "MemoryStore",
+    "PeerInfo",
+    "ServerConfig",
+    "ServerCore",
+    "StoreBatch",
+    "StoredJob",
+    "Transmit",
+    "default_admin_guard",
+    "new_event_loop",
+]

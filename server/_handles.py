@@ -1,0 +1,46 @@
+"""Job handles: unguessable by default, gearmand's ``<prefix>:<n>`` on request."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["HandleMaker"]
+
+# Random bytes per handle: 80 bits cannot be guessed by a peer that has seen others.
+_TOKEN_BYTES = 10
+_POOL_HANDLES = 1024
+
+
+class HandleMaker:
+    """Makes a new job handle per created job.
+
+    With a ``prefix`` the handles are gearmand's ``<prefix>:<n>``, ``n`` counting
+    from 1 (tests and tools that expect gearmand's style ask for it with
+    ``--job-handle-prefix``).  Without one a handle is ``H:`` plus 20 random hex
+    digits, so that knowing one handle tells nothing about the others (handles
+    are the only credential that ``cancel job`` and GET_STATUS ask for).
+    """
+
+    __slots__ = ("_count", "_offset", "_pool", "_prefix")
+
+    def __init__(self, prefix: bytes | None = None) -> None:
+        if prefix is not None and len(prefix) > 40:
+            raise ValueError("the job handle prefix must be at most 40 bytes")
+        if prefix is not None and (b"\0" in prefix or not prefix.isascii()):
+            raise ValueError("the job handle prefix must be printable ASCII")
+        self._prefix = prefix + b":" if prefix is not None else None
+        self._count = 0
+        self._pool = b""
+        self._offset = 0
+
+    def __call__(self) -> bytes:
+        if self._prefix is not None:
+            self._count += 1
+            return self._prefix + b"%d" % self._count
+        offset = self._offset
+        if offset >= len(self._pool):
+            # One urandom call per thousand handles keeps the syscall off the hot path.
+            self._pool = os.urandom(_TOKEN_BYTES * _POOL_HANDLES)
+            offset = 0
+        self._offset = offset + _TOKEN_BYTES
+        return b"H:" + self._pool[offset : offset + _TOKEN_BYTES].hex().encode()

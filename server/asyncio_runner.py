@@ -1,0 +1,338 @@
+"""The asyncio runner: a raw ``asyncio.Protocol`` per connection (uvloop-friendly).
+
+The protocol objects do nothing but hand bytes to the core and write what it returns,
+so the per-packet cost is the core's.  Timers use one ``loop.call_at`` handle, re-armed
+from :meth:`ServerCore.next_deadline`; store batches are applied inline for a
+:class:`MemoryStore` and in the default executor otherwise (one batch at a time,
+gathering everything that arrived meanwhile: group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._runner import RunnerBase, log
+from ._state import PeerInfo
+from .core import ServerCore
+from .storage import JobStore, StoreBatch
+
+__all__ = ["AsyncioRunner", "MemoryStream"]
+
+
+class _ServerProtocol(asyncio.Protocol):
+    __slots__ = ("conn_id", "runner", "transport")
+
+    def __init__(self, runner: AsyncioRunner) -> None:
+        self.runner = runner
+        self.conn_id = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        runner = self.runner
+        self.transport = transport  # type: ignore[assignment]
+        if runner.closing:
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        fd = -1
+        if sock is not None:
+            fd = sock.fileno()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                runner.apply_keepalive(sock)
+        host, port = ("memory", 0)
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            host, port = str(peer[0]), int(peer[1])
+        self.conn_id = conn_id = runner.new_conn_id()
+        runner.sinks[conn_id] = transport  # type: ignore[assignment]
+        runner.core.connect(conn_id, PeerInfo(host, port, fd))
+
+    def data_received(self, data: bytes) -> None:
+        runner = self.runner
+        runner.core.receive(self.conn_id, data, time.time())
+        runner.flush()
+        runner.after_timers_changed()
+
+    def eof_received(self) -> bool:
+        runner = self.runner
+        runner.core.receive(self.conn_id, b"", time.time())
+        runner.flush()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        runner = self.runner
+        runner.sinks.pop(self.conn_id, None)
+        runner.core.disconnect(self.conn_id, time.time())
+        runner.flush()
+        runner.after_timers_changed()
+        runner.connection_gone()
+
+    def pause_writing(self) -> None:
+        # A peer that does not read its replies gets no more requests served.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+class AsyncioRunner(RunnerBase):
+    """Runs a :class:`ServerCore` on the running asyncio loop."""
+
+    def __init__(
+        self,
+        core: ServerCore,
+        store: JobStore | None = None,
+        *,
+        keepalive: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__(core, store)
+        self.loop = asyncio.get_running_loop()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.closing = False
+        self.keepalive = keepalive
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed: float | None = None
+        self._stopped = asyncio.Event()
+        self._idle_check = False
+
+    # ----------------------------------------------------------------- listening
+
+    async def listen(self, host: str | Sequence[str], port: int, backlog: int = 32) -> None:
+        server = await self.loop.create_server(
+            lambda: _ServerProtocol(self), host, port, backlog=backlog, reuse_address=True
+        )
+        self.servers.append(server)
+
+    async def listen_socket(self, sock: socket.socket, backlog: int = 32) -> None:
+        server = await self.loop.create_server(
+            lambda: _ServerProtocol(self), sock=sock, backlog=backlog
+        )
+        self.servers.append(server)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        result = []
+        for server in self.servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                result.append((str(name[0]), int(name[1])))
+        return result
+
+    def apply_keepalive(self, sock: socket.socket) -> None:
+        if self.keepalive is None:
+            return
+        idle, interval, count = self.keepalive
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if idle > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            if interval > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            if count > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+    # ---------------------------------------------------------------- in-memory
+
+    def open_memory(self) -> MemoryStream:
+        """A new connection to the server with no socket at all."""
+        if self.closing:
+            raise RuntimeError("the server is stopping")
+        conn_id = self.new_conn_id()
+        stream = MemoryStream(self, conn_id)
+        self.sinks[conn_id] = stream._sink
+        self.core.connect(conn_id, PeerInfo("memory", 0, -1))
+        return stream
+
+    # --------------------------------------------------------------------- timers
+
+    def after_timers_changed(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            return
+        armed = self._armed
+        if armed is not None and armed <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = deadline
+        delay = max(deadline - time.time(), 0.0)
+        self._timer = self.loop.call_at(self.loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._armed = None
+        self.core.handle_timer(time.time())
+        self.flush()
+        self.after_timers_changed()
+        self.connection_gone()
+
+    # ----------------------------------------------------------------- the store
+
+    def schedule_store(self) -> None:
+        self.loop.call_soon(self.run_store)
+
+    def apply_in_thread(self, batch: StoreBatch) -> None:
+        future = self.loop.run_in_executor(None, self.apply_batch, batch)
+
+        def done(fut: asyncio.Future[None]) -> None:
+            self.batch_done(batch, fut.exception())
+            if self.core.store_work_pending and not self.store_scheduled:
+                self.store_scheduled = True
+                self.schedule_store()
+
+        future.add_done_callback(done)
+
+    # ---------------------------------------------------------------- stopping
+
+    def flush(self) -> None:
+        super().flush()
+        if self.core.stop_requested is not None and not self._stopped.is_set():
+            self.loop.call_soon(self._stop_requested)
+
+    def _stop_requested(self) -> None:
+        if self.core.stop_requested == "graceful":
+            self.begin_graceful()
+        elif self.core.stop_requested == "now":
+            self._stopped.set()
+
+    def begin_graceful(self) -> None:
+        """Stop accepting connections; stop for good once no job is left."""
+        for server in self.servers:
+            server.close()
+        self._idle_check = True
+        self.connection_gone()
+
+    def connection_gone(self) -> None:
+        if self._idle_check and self.core.job_count == 0 and not self.store_busy:
+            self._stopped.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def close(self) -> None:
+        """Close listeners and every connection; wait for the store to settle."""
+        self.closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for server in self.servers:
+            server.close()
+        for sink in list(self.sinks.values()):
+            with contextlib.suppress(Exception):
+                sink.close()
+        self.sinks.clear()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+        # Let the store finish what it holds (committed replies are already out).
+        for _ in range(1000):
+            if not self.store_busy:
+                break
+            await asyncio.sleep(0.005)
+        if self.store is not None and not self.store_busy:
+            batch = self.core.take_store_batch()
+            if batch is not None:
+                try:
+                    await self.loop.run_in_executor(None, self.apply_batch, batch)
+                except Exception as exc:  # pragma: no cover - logged, nothing to answer
+                    log.error("job store failed at shutdown: %s", exc)
+
+
+class _MemorySink:
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: MemoryStream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream._feed(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.stream._feed(chunk)
+
+    def close(self) -> None:
+        self.stream._feed_eof()
+
+
+class MemoryStream:
+    """One in-memory connection to a server running on asyncio.
+
+    The stream API follows trio's: :meth:`send_all`, :meth:`receive_some` (``b""``
+    at end of stream) and :meth:`aclose`.
+    """
+
+    def __init__(self, runner: AsyncioRunner, conn_id: int) -> None:
+        self._runner = runner
+        self._conn_id = conn_id
+        self._chunks: list[bytes] = []
+        self._eof = False
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._sink = _MemorySink(self)
+
+    def _feed(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(bytes(data))
+            self._readable.set()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Deliver ``data`` to the server (processed before this returns)."""
+        if self._closed:
+            raise BrokenPipeError("the memory stream is closed")
+        if self._eof:
+            raise BrokenPipeError("the server closed the connection")
+        runner = self._runner
+        runner.core.receive(self._conn_id, bytes(data), time.time())
+        runner.flush()
+        runner.after_timers_changed()
+        await asyncio.sleep(0)
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        """Bytes from the server; ``b""`` once the server closed the connection."""
+        while not self._chunks:
+            if self._eof or self._closed:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = b"".join(self._chunks)
+        if len(data) > max_bytes:
+            self._chunks = [data[max_bytes:]]
+            return data[:max_bytes]
+        self._chunks = []
+        return data
+
+    async def aclose(self) -> None:
+        """Close the connection (the server sees the peer go away)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._readable.set()
+        runner = self._runner
+        runner.sinks.pop(self._conn_id, None)
+        runner.core.disconnect(self._conn_id, time.time())
+        runner.flush()
+        runner.after_timers_changed()
+        runner.connection_gone()
+
+    async def __aenter__(self) -> MemoryStream:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()

@@ -1,0 +1,1089 @@
+"""``ServerCore``: the whole job server as a sans-IO state machine.
+
+The core owns every job, function and connection, and applies gearmand's rules (with
+the fixes listed in ``docs/deviations.md``).  It never touches a socket, a clock, a
+thread or a file: a runner feeds it bytes and time, and carries out what it returns.
+
+Driving it::
+
+    core = ServerCore(ServerConfig())
+    core.connect(1, PeerInfo("127.0.0.1", 50000, 7))
+    core.receive(1, data, now)          # bytes from connection 1
+    for t in core.drain():              # what to write / close
+        write(t.conn_id, t.chunks); t.close and close(t.conn_id)
+    batch = core.take_store_batch()     # durable-store work, if a store is used
+    ...apply it...; core.store_committed(batch.batch_id, now)
+    deadline = core.next_deadline()     # call handle_timer(now) at or after it
+
+``now`` is Unix time in seconds (a float): epoch jobs are scheduled in wall-clock
+time, and CAN_DO_TIMEOUT deadlines are measured on the same clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from itertools import count, islice
+from typing import Any, NamedTuple
+
+from gearproto import Limits, Priority, RemoteProtocolError
+from gearproto import admin as _admin
+from gearproto import events as ev
+from gearproto._version import __version__
+
+from . import _wire as wire
+from ._handles import HandleMaker
+from ._state import Function, Held, Job, JobState, Peer, PeerInfo
+from .storage import StoreBatch, StoredJob
+
+__all__ = ["AdminGuard", "ServerConfig", "ServerCore", "Transmit", "default_admin_guard"]
+
+_QUEUED = JobState.QUEUED
+_RUNNING = JobState.RUNNING
+_SCHEDULED = JobState.SCHEDULED
+_PENDING = JobState.PENDING
+_GONE = JobState.GONE
+
+_UINT32 = 0xFFFFFFFF
+# CAN_DO_TIMEOUT above this many milliseconds (about 24 days) is refused.
+_MAX_TIMEOUT_MS = 0x7FFFFFFF
+# Epoch times beyond this are refused (strtoll's range in gearmand).
+_MAX_EPOCH = 0x7FFFFFFFFFFFFFFF
+_MAX_CLIENT_ID = 127
+
+#: Decides whether ``peer`` may run an admin ``command``: ``None`` allows it, an
+#: :class:`~gearproto.admin.AdminError` is sent instead of running it.
+AdminGuard = Callable[[PeerInfo, Any], "_admin.AdminError | None"]
+
+_LOOPBACK = ("127.", "::1", "memory", "localhost")
+
+
+def default_admin_guard(peer: PeerInfo, command: Any) -> _admin.AdminError | None:
+    """Allow everything except ``shutdown`` from other than loopback or in-memory peers."""
+    if type(command) is _admin.Shutdown and not peer.host.startswith(_LOOPBACK):
+        return _admin.AdminError(b"PERMISSION_DENIED", b"shutdown+is+only+allowed+from+loopback")
+    return None
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server; every field has gearmand's default unless noted."""
+
+    #: Requeues after which a job is dropped with WORK_FAIL (``-j``).  0 or a
+    #: negative value means unlimited, as in gearmand 1.1.20 (see docs/deviations.md).
+    job_retries: int = 0
+    #: NOOPs sent per newly runnable job (``-w``); 0 wakes every sleeping worker.
+    worker_wakeup: int = 0
+    #: Forward WORK_EXCEPTION to every client, as if each had sent OPTION_REQ.
+    exceptions: bool = False
+    #: ``<prefix>:<n>`` handles like gearmand; ``None`` makes unguessable handles.
+    job_handle_prefix: bytes | None = None
+    #: Size limits applied to every connection.
+    limits: Limits = field(default_factory=Limits)
+    #: What ``version`` answers.
+    version: bytes = b"gearproto-" + __version__.encode()
+    #: What ``verbose`` answers (the log level name).
+    verbose: bytes = b"ERROR"
+    #: What ``getpid`` answers.
+    pid: int = field(default_factory=os.getpid)
+    #: Who may run which admin command.
+    admin_guard: AdminGuard = default_admin_guard
+    #: True when a durable store takes the background jobs (see :meth:`ServerCore.take_store_batch`).
+    durable: bool = False
+
+
+class Transmit(NamedTuple):
+    """Bytes for the runner to write to one connection, in order, then maybe close it."""
+
+    conn_id: Any
+    chunks: list[bytes]
+    close: bool
+
+
+class ServerCore:
+    """All scheduling state and rules of the job server; see the module docstring."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config = config if config is not None else ServerConfig()
+        self._limits = config.limits
+        self._max_packet = config.limits.max_packet_size
+        self._max_line = config.limits.max_line
+        self._oracle = wire.ErrorOracle(config.limits)
+        self._retry_limit = config.job_retries if config.job_retries > 0 else 0
+        self._wakeup = config.worker_wakeup if config.worker_wakeup > 0 else 0
+        self._durable = config.durable
+        self._new_handle = HandleMaker(config.job_handle_prefix)
+        self._peers: dict[Any, Peer] = {}
+        self._functions: dict[bytes, Function] = {}
+        self._jobs: dict[bytes, Job] = {}
+        self._coalesce: dict[tuple[bytes, ...], Job] = {}
+        self._by_unique: dict[bytes, list[Job]] = {}
+        self._seq = count(1)
+        self._timer_seq = count(1)
+        # Timers: (due, tiebreak, job) for epoch jobs; (due, tiebreak, job, peer,
+        # retries) for CAN_DO_TIMEOUT (stale entries are recognised and skipped).
+        self._epochs: list[tuple[float, int, Job]] = []
+        self._timeouts: list[tuple[float, int, Job, Peer, int]] = []
+        self._dirty: list[Peer] = []
+        # The latest time seen, for work done outside a timed call (drain).
+        self._now = 0.0
+        # Durable store work: the batch being gathered, and batches being applied.
+        self._store_seq = count(1)
+        self._batch_id = 1
+        self._committed = 0
+        self._adds: list[StoredJob] = []
+        self._removes: list[int] = []
+        self._batch_jobs: list[Job] = []
+        self._batch_helds: list[Held] = []
+        self._inflight: dict[int, tuple[list[Job], list[Held], list[int]]] = {}
+        self._holding: dict[Peer, None] = {}
+        #: ``None``, ``"now"`` or ``"graceful"``: a stop the runner should carry out.
+        self.stop_requested: str | None = None
+        self._dispatch: dict[type[Any], Callable[[Peer, Any, float], None]] = {
+            ev.SubmitJob: self._on_submit,
+            ev.GrabJobUniq: self._on_grab_uniq,
+            ev.GrabJob: self._on_grab,
+            ev.GrabJobAll: self._on_grab_all,
+            ev.WorkComplete: self._on_work_complete,
+            ev.PreSleep: self._on_pre_sleep,
+            ev.WorkData: self._on_work_forward,
+            ev.WorkWarning: self._on_work_forward,
+            ev.WorkStatus: self._on_work_status,
+            ev.WorkFail: self._on_work_fail,
+            ev.WorkException: self._on_work_exception,
+            ev.CanDo: self._on_can_do,
+            ev.CanDoTimeout: self._on_can_do_timeout,
+            ev.CantDo: self._on_cant_do,
+            ev.ResetAbilities: self._on_reset_abilities,
+            ev.SubmitJobEpoch: self._on_submit_epoch,
+            ev.SubmitReduceJob: self._on_submit_reduce,
+            ev.GetStatus: self._on_get_status,
+            ev.GetStatusUnique: self._on_get_status_unique,
+            ev.EchoReq: self._on_echo,
+            ev.OptionReq: self._on_option,
+            ev.SetClientId: self._on_set_client_id,
+            ev.Unused: self._on_not_expected,
+            ev.AllYours: self._on_not_expected,
+            ev.SubmitJobSched: self._on_not_expected,
+        }
+        from ._admin import AdminRunner
+
+        self._admin = AdminRunner(self)
+        for cls in _ADMIN_CLASSES:
+            self._dispatch[cls] = self._admin.run
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def job_count(self) -> int:
+        """Jobs in the tables (queued, scheduled, running, or waiting for a commit)."""
+        return len(self._jobs)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._peers)
+
+    def peer(self, conn_id: Any) -> Peer | None:
+        """The record of connection ``conn_id`` (for runners and tests)."""
+        return self._peers.get(conn_id)
+
+    def functions(self) -> Iterable[Function]:
+        return self._functions.values()
+
+    def jobs(self) -> Iterable[Job]:
+        return self._jobs.values()
+
+    def peers(self) -> Iterable[Peer]:
+        return self._peers.values()
+
+    # ----------------------------------------------------------------- connections
+
+    def connect(self, conn_id: Any, info: PeerInfo | None = None) -> None:
+        """A connection was accepted."""
+        if conn_id in self._peers:
+            raise ValueError(f"connection {conn_id!r} is already connected")
+        self._peers[conn_id] = Peer(
+            conn_id, info if info is not None else PeerInfo(), self.config.exceptions
+        )
+
+    def disconnect(self, conn_id: Any, now: float) -> None:
+        """The connection is gone (peer closed it, or the runner dropped it).
+
+        Jobs it was running are requeued; foreground jobs nobody follows any more are
+        dropped.  Unknown ids (e.g. a connection the core closed itself) are ignored.
+        """
+        peer = self._peers.pop(conn_id, None)
+        if peer is None:
+            return
+        peer.closing = True
+        peer.out = []
+        peer.held = 0
+        self._holding.pop(peer, None)
+        self._unregister_all(peer, now)
+        for job in list(peer.following):
+            clients = job.clients
+            job.clients = [c for c in clients if c is not peer]
+            if not job.clients and not job.background:
+                self._abandon(job)
+        peer.following.clear()
+
+    def receive(self, conn_id: Any, data: bytes, now: float) -> None:
+        """Bytes arrived from connection ``conn_id``; an empty ``data`` means EOF.
+
+        At EOF the connection is closed once its pending replies are out.
+        """
+        peer = self._peers.get(conn_id)
+        if peer is None or peer.closing:
+            return
+        self._now = now
+        if not data:
+            peer.buffered = []
+            self._close(peer)
+            return
+        buffered = peer.buffered
+        if buffered:
+            buffered.append(data)
+            peer.need -= len(data)
+            if peer.need > 0:
+                return
+            buf = b"".join(buffered)
+            peer.buffered = []
+        else:
+            buf = data
+        n = len(buf)
+        pos = 0
+        decoders = wire.DECODERS
+        dispatch = self._dispatch
+        unpack = wire._unpack
+        limits = self._limits
+        while pos < n:
+            if buf[pos] == 0:
+                if n - pos < 12:
+                    break
+                magic, ptype, size = unpack(buf, pos)
+                if magic != b"\0REQ" or not 0 < ptype <= 42 or size > self._max_packet:
+                    if size > self._max_packet or not 0 < ptype <= 42 or magic != b"\0RES":
+                        # Unframeable: the oracle answers, then the connection closes.
+                        self._judge(peer, buf[pos : pos + 12], now)
+                        return
+                    decoder = None
+                else:
+                    decoder = decoders[ptype]
+                end = pos + 12 + size
+                if end > n:
+                    break
+                event = decoder(buf, pos + 12, end, limits) if decoder is not None else None
+                if event is None:
+                    self._judge(peer, buf[pos:end], now)
+                else:
+                    dispatch[type(event)](peer, event, now)
+                pos = end
+            else:
+                newline = buf.find(b"\n", pos, pos + self._max_line)
+                if newline < 0:
+                    if n - pos >= self._max_line:
+                        self._judge(peer, buf[pos : pos + self._max_line], now)
+                        return
+                    break
+                line_end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline
+                self._admin.run(peer, _admin.parse_command(buf[pos:line_end]), now)
+                pos = newline + 1
+            if peer.closing:
+                return
+        if pos < n:
+            tail = buf[pos:] if pos else buf
+            peer.buffered = [tail]
+            rest = len(tail)
+            if tail[0] == 0:
+                need = 12 + unpack(tail, 0)[2] if rest >= 12 else 12
+            else:
+                need = rest + 1
+            peer.need = need - rest
+
+    def _judge(self, peer: Peer, data: bytes, now: float) -> None:
+        """Let the protocol core decide about bytes the fast path declined."""
+        try:
+            events = self._oracle.judge(data)
+        except RemoteProtocolError as exc:
+            self._protocol_error(peer, exc)
+            return
+        dispatch = self._dispatch
+        for event in events:
+            handler = dispatch.get(type(event))
+            if handler is not None:
+                handler(peer, event, now)
+
+    def _protocol_error(self, peer: Peer, exc: RemoteProtocolError) -> None:
+        """Answer a peer's protocol error; close the connection if it is fatal."""
+        hint = exc.hint
+        if hint is not None:
+            if type(hint) is ev.Error:
+                self._out(peer, wire.error(hint.code, hint.text))
+            else:
+                self._out(peer, _admin.format_reply(hint))
+        if exc.fatal:
+            peer.buffered = []
+            self._close(peer)
+
+    def _close(self, peer: Peer) -> None:
+        peer.closing = True
+        self._mark(peer)
+
+    # ---------------------------------------------------------------------- output
+
+    def _mark(self, peer: Peer) -> None:
+        if not peer.dirty:
+            peer.dirty = True
+            self._dirty.append(peer)
+
+    def _out(self, peer: Peer, data: bytes) -> None:
+        peer.out.append(data)
+        if not peer.dirty:
+            peer.dirty = True
+            self._dirty.append(peer)
+
+    def _outs(self, peer: Peer, chunks: list[bytes]) -> None:
+        peer.out += chunks
+        if not peer.dirty:
+            peer.dirty = True
+            self._dirty.append(peer)
+
+    def _error(self, peer: Peer, code: bytes, text: bytes) -> None:
+        self._out(peer, wire.error(code, text))
+
+    def drain(self) -> list[Transmit]:
+        """What to write to which connection now (and which to close after writing).
+
+        A connection the core closes is forgotten here: the runner need not call
+        :meth:`disconnect` for it (doing so is harmless).
+        """
+        dirty = self._dirty
+        if not dirty:
+            return []
+        self._dirty = []
+        result: list[Transmit] = []
+        for peer in dirty:
+            peer.dirty = False
+            if peer.held:
+                chunks = self._releasable(peer)
+            else:
+                chunks = peer.out
+                peer.out = []
+            close = peer.closing and not peer.held
+            if chunks or close:
+                result.append(Transmit(peer.conn_id, chunks, close))
+            if close and self._peers.get(peer.conn_id) is peer:
+                self.disconnect(peer.conn_id, self._now)
+        return result
+
+    def _releasable(self, peer: Peer) -> list[bytes]:
+        """Output up to the first reply still waiting for a store commit."""
+        committed = self._committed
+        out = peer.out
+        chunks: list[bytes] = []
+        for index, item in enumerate(out):
+            if type(item) is Held:
+                if item.batch_id > committed:
+                    peer.out = out[index:]
+                    return chunks
+                chunks += item.chunks
+                peer.held -= 1
+            else:
+                chunks.append(item)
+        peer.out = []
+        return chunks
+
+    # ------------------------------------------------------------------- functions
+
+    def _function(self, name: bytes) -> Function:
+        function = self._functions.get(name)
+        if function is None:
+            function = self._functions[name] = Function(name)
+        return function
+
+    # ------------------------------------------------------------- worker abilities
+
+    def _register(self, peer: Peer, name: bytes, timeout: float) -> None:
+        function = self._function(name)
+        peer.abilities.append(name)
+        function.workers[peer] = function.workers.get(peer, 0) + 1
+        function.registrations += 1
+        if function not in peer.timeouts:
+            peer.funcs.append(function)
+        peer.timeouts[function] = timeout
+        if peer.sleeping and not peer.noop_sent:
+            function.sleepers[peer] = None
+            if function.ready:
+                self._noop(peer)
+
+    def _unregister(self, peer: Peer, function: Function, now: float) -> None:
+        registrations = function.workers.pop(peer, 0)
+        function.registrations -= registrations
+        function.sleepers.pop(peer, None)
+        del peer.timeouts[function]
+        peer.funcs.remove(function)
+        peer.rotation = 0
+        name = function.name
+        peer.abilities = [a for a in peer.abilities if a != name]
+        for job in [j for j in peer.working if j.function is function]:
+            self._take_back(job, now)
+
+    def _unregister_all(self, peer: Peer, now: float) -> None:
+        for function in peer.funcs:
+            function.registrations -= function.workers.pop(peer, 0)
+            function.sleepers.pop(peer, None)
+        peer.funcs = []
+        peer.timeouts = {}
+        peer.abilities = []
+        peer.rotation = 0
+        for job in list(peer.working):
+            self._take_back(job, now)
+
+    def _on_can_do(self, peer: Peer, event: ev.CanDo, now: float) -> None:
+        self._register(peer, event.function, 0.0)
+
+    def _on_can_do_timeout(self, peer: Peer, event: ev.CanDoTimeout, now: float) -> None:
+        timeout = event.timeout
+        if timeout > _MAX_TIMEOUT_MS:
+            self._error(peer, b"INVALID_ARGUMENT", b"Timeout must be at most 2147483647 ms")
+            return
+        # gearmand: no timer for <= 0, and at least one second otherwise.
+        seconds = 0.0 if timeout <= 0 else max(timeout, 1000) / 1000.0
+        self._register(peer, event.function, seconds)
+
+    def _on_cant_do(self, peer: Peer, event: ev.CantDo, now: float) -> None:
+        function = self._functions.get(event.function)
+        if function is not None and function in peer.timeouts:
+            self._unregister(peer, function, now)
+
+    def _on_reset_abilities(self, peer: Peer, event: ev.ResetAbilities, now: float) -> None:
+        self._unregister_all(peer, now)
+
+    # ------------------------------------------------------------------ submission
+
+    def _on_submit(self, peer: Peer, event: ev.SubmitJob, now: float) -> None:
+        self._submit(peer, event[0], event[1], event[2], event[3], event[4], 0, b"", event, now)
+
+    def _on_submit_epoch(self, peer: Peer, event: ev.SubmitJobEpoch, now: float) -> None:
+        when = event.epoch
+        if when < 0 or when > _MAX_EPOCH:
+            self._error(peer, b"INVALID_ARGUMENT", b"Epoch time out of range")
+            return
+        self._submit(
+            peer, event.function, event.unique, event.data, Priority.NORMAL, True, when, b"",
+            event, now,
+        )  # fmt: skip
+
+    def _on_submit_reduce(self, peer: Peer, event: ev.SubmitReduceJob, now: float) -> None:
+        if len(event.reducer) > self._limits.max_unique:
+            # gearmand stores the reducer in a unique-sized buffer.
+            self._error(peer, b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+            return
+        self._submit(
+            peer, event.function, event.unique, event.data, Priority.NORMAL, event.background,
+            0, event.reducer, event, now,
+        )  # fmt: skip
+
+    def _submit(
+        self,
+        peer: Peer,
+        name: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        background: bool,
+        when: int,
+        reducer: bytes,
+        event: Any,
+        now: float,
+    ) -> None:
+        key: tuple[bytes, ...] | None = None
+        if unique:
+            if unique == b"-":
+                # Coalesce by payload; an empty payload never coalesces.
+                key = (name, b"-", data) if data else None
+            else:
+                key = (name, unique)
+            if key is not None:
+                job = self._coalesce.get(key)
+                if job is not None:
+                    self._join(peer, job, background)
+                    return
+        function = self._functions.get(name)
+        if function is None:
+            function = self._function(name)
+        limit = function.max_queue[priority]
+        if limit and function.total >= limit:
+            self._error(peer, b"QUEUE_ERROR", b"Job queue is full")
+            return
+        handle = self._new_handle()
+        job = Job(
+            handle, function, unique, data, priority, background, when, reducer, next(self._seq)
+        )
+        job.key = key
+        if key is not None:
+            self._coalesce[key] = job
+            if key[1] != b"-":
+                same = self._by_unique.get(unique)
+                if same is None:
+                    self._by_unique[unique] = [job]
+                else:
+                    same.append(job)
+        self._jobs[handle] = job
+        function.total += 1
+        function.queued[priority] += 1
+        if not background:
+            job.clients.append(peer)
+            peer.following[job] = 1
+        if background and self._durable:
+            self._persist(job)
+            self._hold(peer, job)
+            return
+        self._out(peer, wire.job_created(handle))
+        self._make_visible(job, now)
+
+    def _join(self, peer: Peer, job: Job, background: bool) -> None:
+        """A submission coalesced onto an existing job."""
+        if not background:
+            job.clients.append(peer)
+            following = peer.following
+            following[job] = following.get(job, 0) + 1
+        elif not job.background:
+            # A background submitter expects the job to run even if every foreground
+            # client leaves, and (with a store) to survive a restart.
+            job.background = True
+            if self._durable:
+                self._persist(job)
+        if job.batch > self._committed:
+            self._hold(peer, job)
+        else:
+            self._out(peer, wire.job_created(job.handle))
+
+    def _make_visible(self, job: Job, now: float) -> None:
+        """A new (or newly committed) job enters its queue, or waits for its time."""
+        if job.when > now:
+            job.state = _SCHEDULED
+            heapq.heappush(self._epochs, (float(job.when), next(self._timer_seq), job))
+            return
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        job.state = _QUEUED
+        function = job.function
+        function.queues[job.priority].append(job)
+        function.ready += 1
+        if function.sleepers:
+            self._wake(function)
+
+    # --------------------------------------------------------------- durable store
+
+    def _persist(self, job: Job) -> None:
+        job.store_id = next(self._store_seq)
+        job.batch = self._batch_id
+        self._adds.append(
+            StoredJob(
+                job.store_id,
+                job.function.name,
+                job.unique,
+                job.data,
+                Priority(job.priority),
+                job.when,
+                job.reducer,
+            )
+        )
+        self._batch_jobs.append(job)
+
+    def _hold(self, peer: Peer, job: Job) -> None:
+        held = Held(job.batch, [wire.job_created(job.handle)], job)
+        peer.out.append(held)
+        peer.held += 1
+        self._holding[peer] = None
+        if job.batch == self._batch_id:
+            self._batch_helds.append(held)
+        else:
+            self._inflight[job.batch][1].append(held)
+
+    def load(self, stored: Iterable[StoredJob], now: float) -> int:
+        """Replay jobs from a durable store at start-up; returns how many were loaded.
+
+        Jobs get new handles (as in gearmand) and keep their store ids, priority,
+        FIFO order (``job_id`` order) and epoch time.
+        """
+        loaded = 0
+        highest = 0
+        for item in sorted(stored, key=lambda s: s.job_id):
+            function = self._function(item.function)
+            key: tuple[bytes, ...] | None = None
+            if item.unique:
+                key = (item.function, b"-", item.data) if item.unique == b"-" else None
+                if item.unique != b"-":
+                    key = (item.function, item.unique)
+            handle = self._new_handle()
+            priority = int(item.priority)
+            job = Job(
+                handle, function, item.unique, item.data, priority, True, item.when,
+                item.reducer, next(self._seq),
+            )  # fmt: skip
+            job.store_id = item.job_id
+            highest = max(highest, item.job_id)
+            if key is not None and key not in self._coalesce:
+                job.key = key
+                self._coalesce[key] = job
+                if key[1] != b"-":
+                    self._by_unique.setdefault(item.unique, []).append(job)
+            self._jobs[handle] = job
+            function.total += 1
+            function.queued[priority] += 1
+            self._make_visible(job, now)
+            loaded += 1
+        if highest:
+            self._store_seq = count(highest + 1)
+        return loaded
+
+    def take_store_batch(self) -> StoreBatch | None:
+        """The store changes gathered since the last call, as one batch (or ``None``).
+
+        Apply it in one transaction, then call :meth:`store_committed` (or
+        :meth:`store_failed`).  Batches must be applied in the order taken.
+        """
+        if not self._adds and not self._removes:
+            return None
+        batch = StoreBatch(self._batch_id, tuple(self._adds), tuple(self._removes))
+        self._inflight[self._batch_id] = (self._batch_jobs, self._batch_helds, self._removes)
+        self._batch_id += 1
+        self._adds = []
+        self._removes = []
+        self._batch_jobs = []
+        self._batch_helds = []
+        return batch
+
+    @property
+    def store_work_pending(self) -> bool:
+        """True if :meth:`take_store_batch` has something to return."""
+        return bool(self._adds or self._removes)
+
+    def store_committed(self, batch_id: int, now: float) -> None:
+        """Batch ``batch_id`` is durable: its jobs become visible, its replies go out."""
+        jobs, _helds, _removes = self._inflight.pop(batch_id, ([], [], []))
+        self._committed = max(self._committed, batch_id)
+        for job in jobs:
+            if job.state == _PENDING:
+                self._make_visible(job, now)
+        self._release_held()
+
+    def store_failed(self, batch_id: int, reason: bytes, now: float) -> None:
+        """Batch ``batch_id`` could not be applied: its submissions get ERROR QUEUE_ERROR."""
+        jobs, helds, removes = self._inflight.pop(batch_id, ([], [], []))
+        self._committed = max(self._committed, batch_id)
+        # Removals not applied are retried with the next batch (a finished job must
+        # not come back after a restart if that can be helped).
+        self._removes.extend(removes)
+        error = wire.error(b"QUEUE_ERROR", reason or b"QUEUE_ERROR")
+        failed = set()
+        for job in jobs:
+            failed.add(job)
+            if job.state == _PENDING:
+                for client in job.clients:
+                    client.following.pop(job, None)
+                job.clients = []
+                self._remove(job)
+            else:
+                # A foreground job made background by a coalesced submission stays.
+                job.store_id = 0
+        for held in helds:
+            if held.job in failed:
+                held.chunks = [error]
+        self._release_held()
+
+    def _release_held(self) -> None:
+        holding = self._holding
+        if not holding:
+            return
+        for peer in list(holding):
+            self._mark(peer)
+            # Whatever stays held after the drain keeps the peer in the table.
+            if not any(type(i) is Held and i.batch_id > self._committed for i in peer.out):
+                del holding[peer]
+
+    # ------------------------------------------------------------------ assignment
+
+    def _on_grab(self, peer: Peer, event: Any, now: float) -> None:
+        job = self._grab(peer, now)
+        if job is None:
+            self._out(peer, wire.NO_JOB)
+        else:
+            self._outs(
+                peer, _with_payload(11, job.handle + b"\0" + job.function.name + b"\0", job.data)
+            )
+
+    def _on_grab_uniq(self, peer: Peer, event: Any, now: float) -> None:
+        job = self._grab(peer, now)
+        if job is None:
+            self._out(peer, wire.NO_JOB)
+        else:
+            head = job.handle + b"\0" + job.function.name + b"\0" + job.unique + b"\0"
+            self._outs(peer, _with_payload(31, head, job.data))
+
+    def _on_grab_all(self, peer: Peer, event: Any, now: float) -> None:
+        job = self._grab(peer, now)
+        if job is None:
+            self._out(peer, wire.NO_JOB)
+            return
+        head = job.handle + b"\0" + job.function.name + b"\0" + job.unique + b"\0"
+        if job.reducer:
+            self._outs(peer, _with_payload(40, head + job.reducer + b"\0", job.data))
+        else:
+            self._outs(peer, _with_payload(31, head, job.data))
+
+    def _grab(self, peer: Peer, now: float) -> Job | None:
+        if peer.sleeping:
+            peer.sleeping = False
+            if not peer.noop_sent:
+                for function in peer.funcs:
+                    function.sleepers.pop(peer, None)
+        peer.noop_sent = False
+        job = self._next_job(peer)
+        if job is None:
+            return None
+        function = job.function
+        job.state = _RUNNING
+        job.worker = peer
+        function.ready -= 1
+        function.queued[job.priority] -= 1
+        function.running += 1
+        peer.working[job] = None
+        timeout = peer.timeouts[function]
+        if timeout:
+            heapq.heappush(
+                self._timeouts,
+                (now + timeout, next(self._timer_seq), job, peer, job.retries),
+            )
+        return job
+
+    def _next_job(self, peer: Peer) -> Job | None:
+        """Global priority (HIGH, NORMAL, LOW) over the peer's functions, FIFO within
+        a priority, rotating the start function for fairness."""
+        funcs = peer.funcs
+        n = len(funcs)
+        if n == 1:
+            function = funcs[0]
+            if not function.ready:
+                return None
+            for queue in function.queues:
+                while queue:
+                    job = queue.popleft()
+                    if job.state is _QUEUED and job.function is function:
+                        return job
+            return None  # pragma: no cover - ready > 0 guarantees a job
+        if n == 0:
+            return None
+        start = peer.rotation
+        for priority in (0, 1, 2):
+            for offset in range(n):
+                index = (start + offset) % n
+                function = funcs[index]
+                if not function.ready:
+                    continue
+                queue = function.queues[priority]
+                while queue:
+                    job = queue.popleft()
+                    if job.state is _QUEUED:
+                        peer.rotation = (index + 1) % n
+                        return job
+        return None
+
+    # ---------------------------------------------------------------- sleep / wake
+
+    def _on_pre_sleep(self, peer: Peer, event: ev.PreSleep, now: float) -> None:
+        peer.sleeping = True
+        # A new PRE_SLEEP re-arms wake-ups even if a NOOP went unanswered (gearmand
+        # would never wake such a worker again).
+        peer.noop_sent = False
+        for function in peer.funcs:
+            if function.ready:
+                self._noop(peer)
+                return
+        for function in peer.funcs:
+            function.sleepers[peer] = None
+
+    def _noop(self, peer: Peer) -> None:
+        peer.noop_sent = True
+        for function in peer.funcs:
+            function.sleepers.pop(peer, None)
+        self._out(peer, wire.NOOP)
+
+    def _wake(self, function: Function) -> None:
+        sleepers = function.sleepers
+        limit = self._wakeup
+        woken = list(islice(sleepers, limit)) if limit else list(sleepers)
+        for peer in woken:
+            self._noop(peer)
+
+    # ----------------------------------------------------------------- work results
+
+    def _worker_job(self, peer: Peer, handle: bytes, text: bytes) -> Job | None:
+        """The job ``handle`` if ``peer`` holds it; else answer JOB_NOT_FOUND."""
+        job = self._jobs.get(handle)
+        if job is None or job.worker is not peer:
+            self._error(peer, b"JOB_NOT_FOUND", text)
+            return None
+        return job
+
+    def _forward(self, job: Job, chunks: list[bytes]) -> None:
+        dirty = self._dirty
+        for client in job.clients:
+            client.out += chunks
+            if not client.dirty:
+                client.dirty = True
+                dirty.append(client)
+
+    def _on_work_complete(self, peer: Peer, event: ev.WorkComplete, now: float) -> None:
+        job = self._worker_job(peer, event[0], _NOT_FOUND_RESULT)
+        if job is None:
+            return
+        if job.clients:
+            self._forward(job, _with_payload(13, job.handle + b"\0", event[1]))
+        self._remove(job)
+
+    def _on_work_fail(self, peer: Peer, event: ev.WorkFail, now: float) -> None:
+        job = self._worker_job(peer, event[0], _NOT_FOUND_RESULT)
+        if job is not None:
+            self._fail_job(job)
+
+    def _on_work_exception(self, peer: Peer, event: ev.WorkException, now: float) -> None:
+        job = self._worker_job(peer, event[0], _NOT_FOUND_EXCEPTION)
+        if job is None:
+            return
+        if job.clients:
+            exception = _with_payload(25, job.handle + b"\0", event[1])
+            fail = wire.handle_only(14, job.handle)
+            for client in job.clients:
+                if client.exceptions:
+                    self._outs(client, exception)
+                else:
+                    self._out(client, fail)
+        self._remove(job)
+
+    def _on_work_forward(self, peer: Peer, event: Any, now: float) -> None:
+        job = self._worker_job(peer, event[0], _NOT_FOUND_DATA)
+        if job is not None and job.clients:
+            ptype = 28 if type(event) is ev.WorkData else 29
+            self._forward(job, _with_payload(ptype, job.handle + b"\0", event[1]))
+
+    def _on_work_status(self, peer: Peer, event: ev.WorkStatus, now: float) -> None:
+        job = self._worker_job(peer, event[0], _NOT_FOUND_RESULT)
+        if job is None:
+            return
+        # gearmand keeps (uint32)atoi() of each number; clients get the same values.
+        job.numerator = event.numerator & _UINT32
+        job.denominator = event.denominator & _UINT32
+        if job.clients:
+            self._forward(job, [wire.work_status(job.handle, job.numerator, job.denominator)])
+
+    def _fail_job(self, job: Job) -> None:
+        """End ``job`` with WORK_FAIL to every client."""
+        if job.clients:
+            self._forward(job, [wire.handle_only(14, job.handle)])
+        self._remove(job)
+
+    def _remove(self, job: Job) -> None:
+        """Take ``job`` out of every table (it finished, failed or was dropped)."""
+        state = job.state
+        job.state = _GONE
+        function = job.function
+        function.total -= 1
+        if state is _RUNNING:
+            function.running -= 1
+            worker = job.worker
+            if worker is not None:
+                worker.working.pop(job, None)
+                job.worker = None
+        elif state is _QUEUED:
+            function.ready -= 1
+            function.queued[job.priority] -= 1
+        elif state is _SCHEDULED or state is _PENDING:
+            function.queued[job.priority] -= 1
+        del self._jobs[job.handle]
+        key = job.key
+        if key is not None:
+            if self._coalesce.get(key) is job:
+                del self._coalesce[key]
+            if key[1] != b"-":
+                same = self._by_unique.get(job.unique)
+                if same is not None:
+                    if len(same) == 1:
+                        del self._by_unique[job.unique]
+                    else:
+                        same.remove(job)
+        clients = job.clients
+        if clients:
+            for client in clients:
+                client.following.pop(job, None)
+            job.clients = []
+        if job.store_id:
+            self._removes.append(job.store_id)
+            job.store_id = 0
+
+    def _abandon(self, job: Job) -> None:
+        """A foreground job lost its last client."""
+        if job.state is _RUNNING:
+            # The worker is not told; its results are accepted and discarded.
+            return
+        self._remove(job)
+
+    def _take_back(self, job: Job, now: float) -> None:
+        """The worker lost the job (disconnect, CANT_DO, RESET_ABILITIES, timeout)."""
+        worker = job.worker
+        if worker is not None:
+            worker.working.pop(job, None)
+        if not job.clients and not job.background:
+            self._remove(job)
+            return
+        job.retries += 1
+        if self._retry_limit and job.retries >= self._retry_limit:
+            self._fail_job(job)
+            return
+        function = job.function
+        function.running -= 1
+        function.queued[job.priority] += 1
+        job.worker = None
+        job.numerator = 0
+        job.denominator = 0
+        self._enqueue(job)
+
+    # ----------------------------------------------------------------------- timers
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called (Unix time), or ``None``."""
+        epochs = self._epochs
+        timeouts = self._timeouts
+        if epochs:
+            if timeouts:
+                return min(epochs[0][0], timeouts[0][0])
+            return epochs[0][0]
+        if timeouts:
+            return timeouts[0][0]
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Run the timers due at ``now``: epoch jobs become runnable (waking sleeping
+        workers), and jobs past their CAN_DO_TIMEOUT are taken back and requeued."""
+        epochs = self._epochs
+        while epochs and epochs[0][0] <= now:
+            job = heapq.heappop(epochs)[2]
+            if job.state is _SCHEDULED:
+                self._enqueue(job)
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            _due, _seq, job, peer, retries = heapq.heappop(timeouts)
+            if job.state is _RUNNING and job.worker is peer and job.retries == retries:
+                self._take_back(job, now)
+
+    # ---------------------------------------------------------------- client status
+
+    def _on_get_status(self, peer: Peer, event: ev.GetStatus, now: float) -> None:
+        job = self._jobs.get(event.handle)
+        if job is None or job.state is _PENDING:
+            self._out(peer, wire.status_res(event.handle, False, False, 0, 0))
+        else:
+            self._out(
+                peer,
+                wire.status_res(
+                    event.handle, True, job.state is _RUNNING, job.numerator, job.denominator
+                ),
+            )
+
+    def _on_get_status_unique(self, peer: Peer, event: ev.GetStatusUnique, now: float) -> None:
+        same = self._by_unique.get(event.unique)
+        job = None
+        if same:
+            job = next((j for j in same if j.state is not _PENDING), None)
+        if job is None:
+            self._out(peer, wire.status_res_unique(event.unique, False, False, 0, 0, 0))
+        else:
+            self._out(
+                peer,
+                wire.status_res_unique(
+                    event.unique,
+                    True,
+                    job.state is _RUNNING,
+                    job.numerator,
+                    job.denominator,
+                    len(job.clients),
+                ),
+            )
+
+    # ------------------------------------------------------------------- the rest
+
+    def _on_echo(self, peer: Peer, event: ev.EchoReq, now: float) -> None:
+        self._outs(peer, wire.echo_res(event.data))
+
+    def _on_option(self, peer: Peer, event: ev.OptionReq, now: float) -> None:
+        # gearmand compares the option as a C string (a NUL ends it), ignoring case.
+        name = event.option.split(b"\0", 1)[0]
+        if name.lower() == b"exceptions" and len(event.option) < 64:
+            peer.exceptions = True
+            self._out(peer, wire.handle_only(27, event.option))
+        else:
+            self._error(peer, b"UNKNOWN_OPTION", b"Server does not recognize given option")
+
+    def _on_set_client_id(self, peer: Peer, event: ev.SetClientId, now: float) -> None:
+        peer.client_id = event.client_id[:_MAX_CLIENT_ID] or b"-"
+
+    def _on_not_expected(self, peer: Peer, event: Any, now: float) -> None:
+        self._error(peer, b"INVALID_COMMAND", b"Command not expected")
+
+    # ------------------------------------------------------------------ admin hooks
+
+    def cancel(self, handle: bytes) -> bool:
+        """Cancel a job (admin ``cancel job``); False if no such job."""
+        job = self._jobs.get(handle)
+        if job is None or job.state is _PENDING:
+            return False
+        if job.clients:
+            self._forward(job, [wire.handle_only(14, job.handle)])
+            for client in job.clients:
+                client.following.pop(job, None)
+            job.clients = []
+        if job.state is _RUNNING:
+            # The worker keeps the job until it reports; its results are discarded.
+            job.background = False
+            if job.store_id:
+                self._removes.append(job.store_id)
+                job.store_id = 0
+            return True
+        self._remove(job)
+        return True
+
+    def drop_function(self, function: Function) -> None:
+        del self._functions[function.name]
+
+    def request_stop(self, graceful: bool) -> None:
+        """Ask the runner to stop (``shutdown`` admin command, signals)."""
+        if self.stop_requested != "now":
+            self.stop_requested = "graceful" if graceful else "now"
+
+
+_with_payload = wire.Encoder.with_payload
+# gearmand's texts for ERROR JOB_NOT_FOUND, which differ by packet type.
+_NOT_FOUND_RESULT = b"Job given in work result not found"
+_NOT_FOUND_DATA = b"Job does not exist on server"
+_NOT_FOUND_EXCEPTION = b"An exception was received for a job that does not exist"
+_ADMIN_CLASSES: tuple[type[Any], ...] = (
+    _admin.Workers,
+    _admin.Status,
+    _admin.PriorityStatus,
+    _admin.MaxQueue,
+    _admin.ShowJobs,
+    _admin.ShowUniqueJobs,
+    _admin.CancelJob,
+    _admin.CreateFunction,
+    _admin.DropFunction,
+    _admin.GetPid,
+    _admin.Verbose,
+    _admin.Version,
+    _admin.Shutdown,
+    _admin.AdminBadCommand,
+)

@@ -1,0 +1,305 @@
+"""A small selector loop that runs an engine over blocking-API sockets.
+
+The blocking binding keeps every socket non-blocking inside one loop thread (the
+client's background thread, or the thread calling ``Worker.work()``), so a slow or
+silent server never blocks a caller holding the engine lock, and a client writing
+many submissions never deadlocks against a server writing replies.  Callers in other
+threads change the engine under :attr:`Reactor.lock` and wake the loop through a
+socket pair; the loop does all socket I/O.
+
+Connecting (name resolution included) runs in a short-lived thread per attempt, because
+``getaddrinfo`` cannot be made non-blocking; the loop enforces the connect timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ._session import Session, Slot
+
+__all__ = ["Reactor"]
+
+_RECV_SIZE = 256 * 1024
+
+
+class _Conn:
+    __slots__ = ("out", "registered_write", "session", "slot", "sock")
+
+    def __init__(self, slot: Slot, sock: socket.socket) -> None:
+        self.slot = slot
+        self.sock = sock
+        self.session: Session | None = None
+        self.out = bytearray()
+        self.registered_write = False
+
+
+class Reactor:
+    """Runs ``engine`` (client or worker) over sockets; see the module docstring."""
+
+    def __init__(self, connect_timeout: float | None) -> None:
+        self.engine: Any = None
+        self.connect_timeout = connect_timeout
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._wake_pending = False
+        self.thread_id: int | None = None
+        self.stopping = False
+        self._dirty: list[Slot] = []
+        self._to_connect: list[Slot] = []
+        self._connects: dict[Slot, tuple[int, float | None]] = {}
+        self._connected: deque[tuple[Slot, int, socket.socket | None, BaseException | None]] = (
+            deque()
+        )
+        self._attempt = 0
+        self._to_close: list[_Conn] = []
+        self._conns: dict[Slot, _Conn] = {}
+        #: Called in the loop thread after each iteration (under the lock).
+        self.after_iteration: Any = None
+
+    # -------------------------------------------------------- Driver interface
+
+    def connect(self, slot: Slot) -> None:
+        self._to_connect.append(slot)
+        self.wake()
+
+    def close(self, slot: Slot, session: Session) -> None:
+        conn = self._conns.get(slot)
+        if conn is not None and conn.session is session:
+            conn.session = None
+            self._to_close.append(conn)
+            self.wake()
+
+    def flush(self, slot: Slot) -> None:
+        self._dirty.append(slot)
+        self.wake()
+
+    def timer_changed(self) -> None:
+        self.wake()
+
+    # -------------------------------------------------------------------- wake
+
+    def wake(self, *, force: bool = False) -> None:
+        """Make the loop run an iteration soon (no-op from the loop thread itself).
+
+        ``force`` (for signal handlers, which run in the loop thread between its
+        bytecodes, possibly while it is about to sleep) always writes the wake byte.
+        """
+        if not force and (self._wake_pending or threading.get_ident() == self.thread_id):
+            return
+        self._wake_pending = True
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    # -------------------------------------------------------------------- loop
+
+    def run(self, until: Any = None) -> None:
+        """Run the loop in this thread until ``stop()`` (or ``until()`` is true)."""
+        self.thread_id = threading.get_ident()
+        lock = self.lock
+        try:
+            while True:
+                with lock:
+                    if self.stopping or (until is not None and until()):
+                        return
+                    timeout = self._timeout()
+                ready = self.selector.select(timeout)
+                with lock:
+                    now = time.monotonic()
+                    for key, mask in ready:
+                        conn = key.data
+                        if conn is None:
+                            self._drain_wake()
+                            continue
+                        if mask & selectors.EVENT_READ:
+                            self._read(conn, now)
+                        if mask & selectors.EVENT_WRITE and conn.session is not None:
+                            self._write(conn)
+                    self._housekeeping(now)
+                    if self.after_iteration is not None:
+                        self.after_iteration()
+        finally:
+            with lock:
+                self.thread_id = None
+
+    def _timeout(self) -> float | None:
+        deadlines = [d for _, d in self._connects.values() if d is not None]
+        next_timer = self.engine.next_timer()
+        if next_timer is not None:
+            deadlines.append(next_timer)
+        if self._dirty or self._to_connect or self._to_close or self._connected:
+            return 0.0
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _drain_wake(self) -> None:
+        self._wake_pending = False
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _housekeeping(self, now: float) -> None:
+        engine = self.engine
+        while self._connected:
+            self._finish_connect(*self._connected.popleft(), now)
+        for slot, (_attempt, deadline) in list(self._connects.items()):
+            if deadline is not None and deadline <= now:
+                del self._connects[slot]
+                engine.connect_failed(
+                    slot, TimeoutError(f"connect timed out after {self.connect_timeout:g} s"), now
+                )
+        next_timer = engine.next_timer()
+        if next_timer is not None and next_timer <= now:
+            engine.handle_timers(now)
+        while self._to_connect:
+            self._start_connect(self._to_connect.pop(0), now)
+        while self._to_close:
+            self._drop(self._to_close.pop())
+        # Writes last: everything the iteration produced goes out in one send per socket.
+        dirty, self._dirty = self._dirty, []
+        for slot in dirty:
+            conn = self._conns.get(slot)
+            data = slot.take_output()
+            if conn is None or conn.session is None or conn.session is not slot.session:
+                continue
+            if data:
+                conn.out += data
+            self._write(conn)
+
+    # --------------------------------------------------------------- connect
+
+    def _start_connect(self, slot: Slot, now: float) -> None:
+        self._attempt += 1
+        attempt = self._attempt
+        timeout = self.connect_timeout
+        self._connects[slot] = (attempt, None if timeout is None else now + timeout)
+        thread = threading.Thread(
+            target=self._connect_thread,
+            args=(slot, attempt, timeout),
+            name=f"gearproto-connect-{slot.address}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _connect_thread(self, slot: Slot, attempt: int, timeout: float | None) -> None:
+        sock: socket.socket | None = None
+        error: BaseException | None = None
+        try:
+            sock = socket.create_connection(tuple(slot.address), timeout=timeout)
+        except OSError as exc:
+            error = exc
+        with self.lock:
+            self._connected.append((slot, attempt, sock, error))
+            self.wake()
+
+    def _finish_connect(
+        self,
+        slot: Slot,
+        attempt: int,
+        sock: socket.socket | None,
+        error: BaseException | None,
+        now: float,
+    ) -> None:
+        current = self._connects.get(slot)
+        if current is None or current[0] != attempt or self.stopping:
+            if sock is not None:
+                sock.close()
+            return
+        del self._connects[slot]
+        if sock is None:
+            assert error is not None
+            self.engine.connect_failed(slot, error, now)
+            return
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Conn(slot, sock)
+        old = self._conns.get(slot)
+        if old is not None:
+            self._drop(old)
+        self._conns[slot] = conn
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        session = self.engine.connected(slot, now)
+        if session is None:
+            self._drop(conn)
+            return
+        conn.session = session
+
+    # ------------------------------------------------------------------ I/O
+
+    def _read(self, conn: _Conn, now: float) -> None:
+        session = conn.session
+        if session is None:
+            return
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._drop(conn)
+            self.engine.connection_lost(session, exc, now)
+            return
+        self.engine.data_received(session, data or None, now)
+        if not data:
+            self._drop(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        out = conn.out
+        if out:
+            try:
+                sent = conn.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                session = conn.session
+                self._drop(conn)
+                if session is not None:
+                    self.engine.connection_lost(session, exc, time.monotonic())
+                return
+            del out[:sent]
+        want = bool(out)
+        if want != conn.registered_write:
+            conn.registered_write = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self.selector.modify(conn.sock, events, conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if self._conns.get(conn.slot) is conn:
+            del self._conns[conn.slot]
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn.sock)
+        conn.sock.close()
+        conn.session = None
+
+    # ---------------------------------------------------------------- stop
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            self.wake()
+
+    def shutdown(self) -> None:
+        """Close every socket (after the loop stopped)."""
+        with self.lock:
+            for conn in list(self._conns.values()):
+                # Best effort: what is still queued (final WORK_* packets) goes out.
+                if conn.out and conn.session is not None:
+                    with contextlib.suppress(OSError):
+                        conn.sock.setblocking(True)
+                        conn.sock.settimeout(1.0)
+                        conn.sock.sendall(conn.out)
+                self._drop(conn)
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()

@@ -110,7 +110,10 @@ class Reactor:
         try:
             while True:
                 with lock:
-                    if self.stopping or (until is not None and until()):
+                    if self.stopping:
+                        return
+                    if until is not None and until():
+                        self._housekeeping(time.monotonic())  # write what is queued
                         return
                     timeout = self._timeout()
                 ready = self.selector.select(timeout)
@@ -294,7 +297,7 @@ class Reactor:
         with self.lock:
             for conn in list(self._conns.values()):
                 # Best effort: what is still queued (final WORK_* packets) goes out.
-                if conn.out and conn.session is not None:
+                if conn.out:
                     with contextlib.suppress(OSError):
                         conn.sock.setblocking(True)
                         conn.sock.settimeout(1.0)

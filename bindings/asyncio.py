@@ -14,15 +14,13 @@ import concurrent.futures
 import contextlib
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
-from types import TracebackType
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from gearproto import Limits, Priority, admin
-from gearproto.events import StatusRes, StatusResUnique
+from gearproto import Limits
 
 from . import _api
-from . import _client_engine as _ce
+from . import _async_api as _aa
 from . import _worker_engine as _we
 from ._outcomes import (
     Abandoned,
@@ -47,9 +45,8 @@ from ._outcomes import (
     RequestTimeout,
     ServerError,
     TimedOut,
-    raise_for,
 )
-from ._routing import Backoff, ServerAddress, ServerSpec
+from ._routing import Backoff, ServerSpec
 from ._session import Session, Slot
 from ._worker_engine import JobFail, WorkException
 
@@ -136,6 +133,8 @@ class _Driver:
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._protocols: set[_Protocol] = set()
+        #: Close connections after writing what is buffered (a worker's final results).
+        self.graceful = False
 
     # Driver interface
     def connect(self, slot: Slot) -> None:
@@ -147,8 +146,10 @@ class _Driver:
         proto = slot.io
         if isinstance(proto, _Protocol) and proto.session is session and proto.transport:
             proto.session = None
-            # Whatever was queued for this connection is dropped with it.
-            proto.transport.abort()
+            if self.graceful:
+                proto.transport.close()  # what is buffered still goes out
+            else:
+                proto.transport.abort()  # a broken connection: drop what is queued
 
     def flush(self, slot: Slot) -> None:
         if not self._dirty:
@@ -223,392 +224,47 @@ class _Driver:
                 await task
 
 
-class _Waitable:
-    """Mixin: one asyncio.Event per round of changes, shared by every waiter."""
-
-    _event: asyncio.Event | None
-
-    def _wake(self) -> None:
-        event = self._event
-        if event is not None:
-            self._event = None
-            event.set()
-
-    async def _changed(self) -> None:
-        event = self._event
-        if event is None:
-            event = self._event = asyncio.Event()
-        await event.wait()
-
-
-# --------------------------------------------------------------------------- client
-
-
-class Job(_Waitable, _ce.Job):
+class Job(_aa.AsyncJob):
     """A submitted job.  ``await job.wait()`` for its outcome, ``async for`` its updates."""
 
-    __slots__ = ("_event",)
-
-    def __init__(self, engine: _ce.ClientEngine, request: Any) -> None:
-        super().__init__(engine, request)
-        self._event = None
-
-    async def wait(self) -> Outcome:
-        """The job's outcome, once it has one (cancelling this wait leaves the job alone)."""
-        while self.outcome is None:
-            await self._changed()
-        return self.outcome
-
-    async def result(self) -> bytes:
-        """The result data; raises a :class:`JobError` if the job did not complete.
-
-        For a background job: its handle once the server accepted it.
-        """
-        return raise_for(await self.wait())
-
-    async def wait_created(self) -> bytes:
-        """The job handle, once JOB_CREATED arrived; raises if the job ended first."""
-        while self.handle is None:
-            if self.outcome is not None:
-                raise_for(self.outcome)
-            await self._changed()
-        return self.handle
-
-    def __aiter__(self) -> AsyncIterator[_ce.Update]:
-        return self._updates_iter()
-
-    async def _updates_iter(self) -> AsyncIterator[_ce.Update]:
-        while True:
-            update = self._next_update()
-            if update is not None:
-                yield update
-                continue
-            if self.outcome is not None:
-                return
-            await self._changed()
-
-    def abandon(self) -> None:
-        """Stop following the job (outcome :class:`Abandoned`); the server keeps it."""
-        self._engine.abandon(self)
+    __slots__ = ()
+    _event_class = asyncio.Event
 
 
-class _Request(_Waitable, _ce.Request):
-    __slots__ = ("_event",)
-
-    def __init__(self, event: Any) -> None:
-        super().__init__(event)
-        self._event = None
+class _Request(_aa.AsyncRequest):
+    __slots__ = ()
+    _event_class = asyncio.Event
 
 
-class _Base:
-    _engine: Any
-    _driver: _Driver | None
+class _AsyncioMixin:
+    _options: Any
+    _driver: Any
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    async def _request(
-        self,
-        event: Any,
-        *,
-        slot: Slot | None = None,
-        key: bytes | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        self._require_started()
-        req = _Request(event)
-        self._engine.request(req, self._now(), slot=slot, key=key, timeout=timeout)
-        try:
-            while not req.done:
-                await req._changed()
-        except BaseException:
-            self._engine.abandon_request(req)
-            raise
-        return req.result()
+    def _open_driver(self) -> _Driver:
+        return _Driver(None, self._options.connect_timeout)
 
-    def _require_started(self) -> None:
-        if self._driver is None:
-            raise RuntimeError("use 'async with' (or await start()) before using this object")
-
-
-class Client(_Base):
-    """A Gearman client over one or several servers.
-
-    Use it as ``async with Client("127.0.0.1:4730") as client:``.  Every duration is in
-    seconds; see :class:`~gearproto.bindings._client_engine.ClientOptions` for their
-    meaning and docs/timeouts.md for how they compose with cancellation.
-    """
-
-    def __init__(
-        self,
-        servers: ServerSpec | Iterable[ServerSpec],
-        *,
-        connect_timeout: float | None = 5.0,
-        created_timeout: float | None = 10.0,
-        timeout: float | None = None,
-        max_attempts: int = 3,
-        exceptions: bool = True,
-        client_id: bytes | str | None = None,
-        backoff: Backoff | None = None,
-        limits: Limits | None = None,
-        seed: int | None = None,
-    ) -> None:
-        self._options = _api.client_options(
-            connect_timeout=connect_timeout,
-            created_timeout=created_timeout,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            exceptions=exceptions,
-            client_id=client_id,
-            backoff=backoff,
-            limits=limits,
-        )
-        self._servers = _api.servers_list(servers)
-        self._seed = seed
-        self._driver = None
-
-    @property
-    def servers(self) -> list[ServerAddress]:
-        return list(self._servers)
-
-    async def start(self) -> None:
-        """Start connecting to every server (``async with`` does this)."""
-        if self._driver is not None:
-            return
-        self._driver = _Driver(None, self._options.connect_timeout)
-        self._engine = _ce.ClientEngine(
-            self._servers, self._driver, self._options, _api.make_rng(self._seed)
-        )
-        self._driver.engine = self._engine
-        self._engine.start()
-
-    async def __aenter__(self) -> Client:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close every connection; jobs still running end :class:`Disconnected`."""
-        if self._driver is None:
-            return
-        self._engine.close(self._now())
+    async def _close_driver(self) -> None:
         await self._driver.aclose()
 
-    def submit(
-        self,
-        function: bytes | str,
-        data: bytes | bytearray | memoryview | str = b"",
-        *,
-        unique: bytes | str | None = None,
-        priority: Priority | str = Priority.NORMAL,
-        background: bool = False,
-        epoch: float | None = None,
-        reducer: bytes | str | None = None,
-        timeout: float | None = None,
-        created_timeout: float | None = None,
-    ) -> Job:
-        """Submit a job and return at once (submissions pipeline on the connection).
 
-        ``epoch`` (Unix time) makes a background job that does not run before then;
-        ``reducer`` makes a map/reduce job.  ``timeout`` bounds the whole job (default:
-        the client's), ``created_timeout`` the wait for JOB_CREATED.
-        """
-        self._require_started()
-        request = self._engine.make_request(
-            function,
-            data,
-            unique=unique,
-            priority=priority,
-            background=background or epoch is not None,
-            epoch=epoch,
-            reducer=reducer,
-        )
-        job = Job(self._engine, request)
-        self._engine.submit(job, self._now(), timeout=timeout, created_timeout=created_timeout)
-        return job
+class Client(_AsyncioMixin, _aa.AsyncClient):
+    """A Gearman client over one or several servers, for asyncio.
 
-    async def call(
-        self,
-        function: bytes | str,
-        data: bytes | bytearray | memoryview | str = b"",
-        **options: Any,
-    ) -> bytes:
-        """Submit a foreground job and return its result (raises :class:`JobError`).
-
-        Cancelling the call abandons the job.
-        """
-        job = self.submit(function, data, **options)
-        try:
-            outcome = await job.wait()
-        except BaseException:
-            job.abandon()
-            raise
-        return raise_for(outcome)
-
-    async def echo(
-        self,
-        data: bytes | str = b"",
-        *,
-        server: ServerSpec | None = None,
-        timeout: float | None = None,
-    ) -> bytes:
-        """ECHO_REQ round trip to ``server`` (default: any connected one)."""
-        slot = self._engine.slot_for_server(_api.server_address(server))
-        reply = await self._request(_api.echo_event(data), slot=slot, timeout=timeout)
-        return bytes(reply.data)
-
-    async def get_status(
-        self,
-        job_or_handle: Job | bytes | str,
-        *,
-        server: ServerSpec | None = None,
-        timeout: float | None = None,
-    ) -> StatusRes:
-        """GET_STATUS for a job (or a handle on ``server``)."""
-        if isinstance(job_or_handle, Job):
-            handle = await job_or_handle.wait_created()
-            address: ServerAddress | None = job_or_handle.server
-        else:
-            handle = job_or_handle if isinstance(job_or_handle, bytes) else job_or_handle.encode()
-            address = _api.server_address(server)
-        slot = self._engine.slot_for_server(address)
-        if slot is None and len(self._servers) > 1:
-            raise ValueError("a bare handle needs server= when the client has several servers")
-        reply: StatusRes = await self._request(
-            _api.status_event(handle), slot=slot, timeout=timeout
-        )
-        return reply
-
-    async def get_status_unique(
-        self, unique: bytes | str, *, server: ServerSpec | None = None, timeout: float | None = None
-    ) -> StatusResUnique:
-        """GET_STATUS_UNIQUE, sent to the server the unique id hashes to."""
-        event = _api.status_unique_event(unique)
-        slot = self._engine.slot_for_server(_api.server_address(server))
-        reply: StatusResUnique = await self._request(
-            event, slot=slot, key=event.unique, timeout=timeout
-        )
-        return reply
-
-    def statistics(self) -> dict[str, Any]:
-        """Jobs in flight, replies owed, server states (for monitoring and tests)."""
-        self._require_started()
-        stats: dict[str, Any] = self._engine.statistics()
-        return stats
-
-
-# ---------------------------------------------------------------------------- admin
-
-
-class Admin(_Base):
-    """The admin text protocol of one server; every command returns the core's reply.
-
-    An ``ERR`` answer raises :class:`AdminCommandError`.
+    Use it as ``async with Client("127.0.0.1:4730") as client:``.  Durations are in
+    seconds; docs/timeouts.md explains how they compose with cancellation.
     """
 
-    def __init__(
-        self,
-        server: ServerSpec,
-        *,
-        timeout: float | None = 10.0,
-        connect_timeout: float | None = 5.0,
-    ) -> None:
-        self._address = _api.servers_list([server])
-        self._timeout = timeout
-        self._options = _api.client_options(
-            connect_timeout=connect_timeout,
-            created_timeout=None,
-            timeout=None,
-            max_attempts=1,
-            exceptions=False,
-            client_id=None,
-            backoff=None,
-            limits=None,
-        )
-        self._driver = None
+    _job_class = Job
+    _request_class = _Request
 
-    async def start(self) -> None:
-        if self._driver is not None:
-            return
-        self._driver = _Driver(None, self._options.connect_timeout)
-        self._engine = _ce.ClientEngine(self._address, self._driver, self._options)
-        self._driver.engine = self._engine
-        self._engine.start()
 
-    async def __aenter__(self) -> Admin:
-        await self.start()
-        return self
+class Admin(_AsyncioMixin, _aa.AsyncAdmin):
+    """The admin text protocol of one server, for asyncio (``async with Admin(...)``)."""
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._driver is None:
-            return
-        self._engine.close(self._now())
-        await self._driver.aclose()
-
-    async def command(self, command: admin.AdminCommand) -> Any:
-        """Send any admin command and return its typed reply."""
-        return await self._request(command, slot=self._engine.slots[0], timeout=self._timeout)
-
-    async def status(self) -> admin.StatusReply:
-        reply: admin.StatusReply = await self.command(admin.Status())
-        return reply
-
-    async def priority_status(self) -> admin.PriorityStatusReply:
-        reply: admin.PriorityStatusReply = await self.command(admin.PriorityStatus())
-        return reply
-
-    async def workers(self) -> admin.WorkersReply:
-        reply: admin.WorkersReply = await self.command(admin.Workers())
-        return reply
-
-    async def show_jobs(self) -> admin.ShowJobsReply:
-        reply: admin.ShowJobsReply = await self.command(admin.ShowJobs())
-        return reply
-
-    async def show_unique_jobs(self) -> admin.ShowUniqueJobsReply:
-        reply: admin.ShowUniqueJobsReply = await self.command(admin.ShowUniqueJobs())
-        return reply
-
-    async def cancel_job(self, handle: bytes | str) -> admin.AdminOk:
-        reply: admin.AdminOk = await self.command(_api.cancel_job_command(handle))
-        return reply
-
-    async def create_function(self, function: bytes | str) -> admin.AdminOk:
-        reply: admin.AdminOk = await self.command(_api.create_function_command(function))
-        return reply
-
-    async def drop_function(self, function: bytes | str) -> admin.AdminOk:
-        reply: admin.AdminOk = await self.command(_api.drop_function_command(function))
-        return reply
-
-    async def max_queue(self, function: bytes | str, *limits: int) -> admin.AdminOk:
-        reply: admin.AdminOk = await self.command(_api.max_queue_command(function, *limits))
-        return reply
-
-    async def getpid(self) -> int:
-        reply: admin.AdminOk = await self.command(admin.GetPid())
-        return int(reply.value or b"0")
-
-    async def verbose(self) -> bytes:
-        reply: admin.AdminOk = await self.command(admin.Verbose())
-        return reply.value or b""
-
-    async def version(self) -> bytes:
-        reply: admin.AdminOk = await self.command(admin.Version())
-        return reply.value or b""
-
-    async def shutdown(self, graceful: bool = False) -> admin.AdminOk:
-        reply: admin.AdminOk = await self.command(admin.Shutdown(graceful))
-        return reply
+    _request_class = _Request
 
 
 # --------------------------------------------------------------------------- worker
@@ -799,6 +455,8 @@ class Worker:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            driver._flush()  # the last WORK_* packets go out before the sockets close
+            driver.graceful = True
             engine.close(loop.time())
             for job in list(driver.jobs):
                 if job._task is not None:

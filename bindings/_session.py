@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from gearproto import NEED_DATA, Connection, Limits, RemoteProtocolError, Side
+from gearproto.events import ConnectionClosed
 
 from ._routing import ServerAddress
 
@@ -152,7 +153,7 @@ class Session:
                 if exc.fatal:
                     raise
                 continue
-            if event is NEED_DATA:
+            if event is NEED_DATA or type(event) is ConnectionClosed:
                 return out
             answered = conn.answered
             if answered is not None and fifo and fifo[0][0] is answered:

@@ -40,7 +40,7 @@ class HandleMaker:
         offset = self._offset
         if offset >= len(self._pool):
             # One urandom call per thousand handles keeps the syscall off the hot path.
-            self._pool = os.urandom(_TOKEN_BYTES * _POOL_HANDLES)
+            self._pool = os.urandom(_TOKEN_BYTES * _POOL_HANDLES).hex().encode()
             offset = 0
-        self._offset = offset + _TOKEN_BYTES
-        return b"H:" + self._pool[offset : offset + _TOKEN_BYTES].hex().encode()
+        self._offset = offset + 2 * _TOKEN_BYTES
+        return b"H:" + self._pool[offset : offset + 2 * _TOKEN_BYTES]

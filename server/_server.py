@@ -178,10 +178,7 @@ class JobServer:
         if runner is None:
             return
         loop = self._thread_loop
-        if graceful:
-            call = runner.begin_graceful
-        else:
-            call = runner.stop
+        call = runner.begin_graceful if graceful else runner.stop
         if loop is not None:
             loop.call_soon_threadsafe(call)
         else:

@@ -54,7 +54,6 @@ class Job:
         "priority",
         "reducer",
         "retries",
-        "seq",
         "state",
         "store_id",
         "unique",
@@ -72,7 +71,6 @@ class Job:
         background: bool,
         when: int,
         reducer: bytes,
-        seq: int,
     ) -> None:
         self.handle = handle
         self.function = function
@@ -83,8 +81,6 @@ class Job:
         #: Unix time before which the job must not run (epoch jobs), else 0.
         self.when = when
         self.reducer = reducer
-        #: Creation order; ties in timer heaps break on it.
-        self.seq = seq
         #: Peers following the job's results, once per foreground submission.
         self.clients: list[Peer] = []
         self.worker: Peer | None = None
@@ -149,8 +145,8 @@ class Peer:
 
     __slots__ = (
         "abilities",
-        "client_id",
         "buffered",
+        "client_id",
         "closing",
         "conn_id",
         "dirty",

@@ -22,7 +22,7 @@ from typing import Any
 from gearproto import RES, Connection, Limits, Priority, Side, parse_int
 from gearproto import events as ev
 
-__all__ = ["DECODERS", "ErrorOracle", "Encoder"]
+__all__ = ["DECODERS", "Encoder", "ErrorOracle"]
 
 HEADER = struct.Struct(">4sII")
 _unpack = HEADER.unpack_from
@@ -234,7 +234,6 @@ class ErrorOracle:
 
 
 from gearproto import NEED_DATA as _NEED_DATA  # noqa: E402
-
 
 # --------------------------------------------------------------------------- encode
 

@@ -57,8 +57,11 @@ class _ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         runner = self.runner
         runner.core.receive(self.conn_id, data, time.time())
-        runner.flush()
-        runner.after_timers_changed()
+        if not runner.flush_scheduled:
+            # Flush once per loop iteration: replies produced by every connection that
+            # was readable in this iteration go out in one write per peer.
+            runner.flush_scheduled = True
+            runner.loop.call_soon(runner.deferred_flush)
 
     def eof_received(self) -> bool:
         runner = self.runner
@@ -103,6 +106,7 @@ class AsyncioRunner(RunnerBase):
         self._armed: float | None = None
         self._stopped = asyncio.Event()
         self._idle_check = False
+        self.flush_scheduled = False
 
     # ----------------------------------------------------------------- listening
 
@@ -151,6 +155,11 @@ class AsyncioRunner(RunnerBase):
         self.sinks[conn_id] = stream._sink
         self.core.connect(conn_id, PeerInfo("memory", 0, -1))
         return stream
+
+    def deferred_flush(self) -> None:
+        self.flush_scheduled = False
+        self.flush()
+        self.after_timers_changed()
 
     # --------------------------------------------------------------------- timers
 

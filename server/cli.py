@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-p", "--port", type=_int_in(0, 65535), metavar="PORT",
         help="TCP port (default 4730, or $GEARMAND_PORT)")  # fmt: skip
     add("-j", "--job-retries", type=_int_in(-1, 2**31 - 1), default=0, metavar="N",
-        help="drop a job with WORK_FAIL at its N-th requeue; 0 or -1: never (default 0)")  # fmt: skip
+        help="drop a job with WORK_FAIL at its N-th requeue; 0 or -1: never")  # fmt: skip
     add("-w", "--worker-wakeup", type=_int_in(0, 2**31 - 1), default=0, metavar="N",
         help="NOOPs sent per new job; 0 wakes every sleeping worker (default 0)")  # fmt: skip
     add("--job-handle-prefix", metavar="PREFIX",
@@ -230,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             trio.run(_serve_trio, server, args.pid_file)
         else:
-            if args.loop == "asyncio":
-                loop = asyncio.new_event_loop()
-            else:
-                loop = new_event_loop()
+            loop = asyncio.new_event_loop() if args.loop == "asyncio" else new_event_loop()
             try:
                 loop.run_until_complete(_serve_asyncio(server, args.pid_file))
             finally:

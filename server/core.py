@@ -90,7 +90,7 @@ class ServerConfig:
     pid: int = field(default_factory=os.getpid)
     #: Who may run which admin command.
     admin_guard: AdminGuard = default_admin_guard
-    #: True when a durable store takes the background jobs (see :meth:`ServerCore.take_store_batch`).
+    #: True when a durable store takes background jobs (see ServerCore.take_store_batch).
     durable: bool = False
 
 
@@ -120,7 +120,6 @@ class ServerCore:
         self._jobs: dict[bytes, Job] = {}
         self._coalesce: dict[tuple[bytes, ...], Job] = {}
         self._by_unique: dict[bytes, list[Job]] = {}
-        self._seq = count(1)
         self._timer_seq = count(1)
         # Timers: (due, tiebreak, job) for epoch jobs; (due, tiebreak, job, peer,
         # retries) for CAN_DO_TIMEOUT (stale entries are recognised and skipped).
@@ -258,11 +257,45 @@ class ServerCore:
         dispatch = self._dispatch
         unpack = wire._unpack
         limits = self._limits
+        max_function = limits.max_function
+        max_unique = limits.max_unique
+        max_handle = limits.max_handle
+        max_packet = self._max_packet
+        submit_types = _SUBMIT_TYPES
         while pos < n:
             if buf[pos] == 0:
                 if n - pos < 12:
                     break
                 magic, ptype, size = unpack(buf, pos)
+                end = pos + 12 + size
+                # Fast paths for the packets of every job (decoded inline, no event
+                # object); anything unusual falls through to the general path.
+                if magic == b"\0REQ" and size <= max_packet:
+                    if end > n:
+                        break
+                    start = pos + 12
+                    if ptype == 30:
+                        self._on_grab_uniq(peer, None, now)
+                        pos = end
+                        continue
+                    if ptype == 13:
+                        nul = buf.find(b"\0", start, end)
+                        if 0 <= nul - start <= max_handle:
+                            self._complete(peer, buf[start:nul], buf[nul + 1 : end])
+                            pos = end
+                            continue
+                    elif ptype in submit_types:
+                        nul1 = buf.find(b"\0", start, end)
+                        if 0 <= nul1 - start <= max_function:
+                            nul2 = buf.find(b"\0", nul1 + 1, end)
+                            if 0 <= nul2 - nul1 - 1 <= max_unique:
+                                priority, background = submit_types[ptype]
+                                self._submit(
+                                    peer, buf[start:nul1], buf[nul1 + 1 : nul2],
+                                    buf[nul2 + 1 : end], priority, background, 0, b"", now,
+                                )  # fmt: skip
+                                pos = end
+                                continue
                 if magic != b"\0REQ" or not 0 < ptype <= 42 or size > self._max_packet:
                     if size > self._max_packet or not 0 < ptype <= 42 or magic != b"\0RES":
                         # Unframeable: the oracle answers, then the connection closes.
@@ -271,7 +304,6 @@ class ServerCore:
                     decoder = None
                 else:
                     decoder = decoders[ptype]
-                end = pos + 12 + size
                 if end > n:
                     break
                 event = decoder(buf, pos + 12, end, limits) if decoder is not None else None
@@ -296,10 +328,8 @@ class ServerCore:
             tail = buf[pos:] if pos else buf
             peer.buffered = [tail]
             rest = len(tail)
-            if tail[0] == 0:
-                need = 12 + unpack(tail, 0)[2] if rest >= 12 else 12
-            else:
-                need = rest + 1
+            # A packet needs its header, then its body; a line needs one more byte.
+            need = rest + 1 if tail[0] else (12 + unpack(tail, 0)[2] if rest >= 12 else 12)
             peer.need = need - rest
 
     def _judge(self, peer: Peer, data: bytes, now: float) -> None:
@@ -464,7 +494,7 @@ class ServerCore:
     # ------------------------------------------------------------------ submission
 
     def _on_submit(self, peer: Peer, event: ev.SubmitJob, now: float) -> None:
-        self._submit(peer, event[0], event[1], event[2], event[3], event[4], 0, b"", event, now)
+        self._submit(peer, event[0], event[1], event[2], event[3], event[4], 0, b"", now)
 
     def _on_submit_epoch(self, peer: Peer, event: ev.SubmitJobEpoch, now: float) -> None:
         when = event.epoch
@@ -472,8 +502,7 @@ class ServerCore:
             self._error(peer, b"INVALID_ARGUMENT", b"Epoch time out of range")
             return
         self._submit(
-            peer, event.function, event.unique, event.data, Priority.NORMAL, True, when, b"",
-            event, now,
+            peer, event.function, event.unique, event.data, Priority.NORMAL, True, when, b"", now
         )  # fmt: skip
 
     def _on_submit_reduce(self, peer: Peer, event: ev.SubmitReduceJob, now: float) -> None:
@@ -483,7 +512,7 @@ class ServerCore:
             return
         self._submit(
             peer, event.function, event.unique, event.data, Priority.NORMAL, event.background,
-            0, event.reducer, event, now,
+            0, event.reducer, now,
         )  # fmt: skip
 
     def _submit(
@@ -496,16 +525,12 @@ class ServerCore:
         background: bool,
         when: int,
         reducer: bytes,
-        event: Any,
         now: float,
     ) -> None:
         key: tuple[bytes, ...] | None = None
         if unique:
-            if unique == b"-":
-                # Coalesce by payload; an empty payload never coalesces.
-                key = (name, b"-", data) if data else None
-            else:
-                key = (name, unique)
+            # "-" coalesces by payload (an empty payload never coalesces).
+            key = (name, unique) if unique != b"-" else ((name, b"-", data) if data else None)
             if key is not None:
                 job = self._coalesce.get(key)
                 if job is not None:
@@ -519,11 +544,9 @@ class ServerCore:
             self._error(peer, b"QUEUE_ERROR", b"Job queue is full")
             return
         handle = self._new_handle()
-        job = Job(
-            handle, function, unique, data, priority, background, when, reducer, next(self._seq)
-        )
-        job.key = key
+        job = Job(handle, function, unique, data, priority, background, when, reducer)
         if key is not None:
+            job.key = key
             self._coalesce[key] = job
             if key[1] != b"-":
                 same = self._by_unique.get(unique)
@@ -541,8 +564,18 @@ class ServerCore:
             self._persist(job)
             self._hold(peer, job)
             return
-        self._out(peer, wire.job_created(handle))
-        self._make_visible(job, now)
+        peer.out.append(_pack_header(_RES, 8, len(handle)) + handle)
+        if not peer.dirty:
+            peer.dirty = True
+            self._dirty.append(peer)
+        if when > now:
+            self._make_visible(job, now)
+            return
+        job.state = _QUEUED
+        function.queues[priority].append(job)
+        function.ready += 1
+        if function.sleepers:
+            self._wake(function)
 
     def _join(self, peer: Peer, job: Job, background: bool) -> None:
         """A submission coalesced onto an existing job."""
@@ -623,9 +656,8 @@ class ServerCore:
             handle = self._new_handle()
             priority = int(item.priority)
             job = Job(
-                handle, function, item.unique, item.data, priority, True, item.when,
-                item.reducer, next(self._seq),
-            )  # fmt: skip
+                handle, function, item.unique, item.data, priority, True, item.when, item.reducer
+            )
             job.store_id = item.job_id
             highest = max(highest, item.job_id)
             if key is not None and key not in self._coalesce:
@@ -840,11 +872,37 @@ class ServerCore:
                 dirty.append(client)
 
     def _on_work_complete(self, peer: Peer, event: ev.WorkComplete, now: float) -> None:
-        job = self._worker_job(peer, event[0], _NOT_FOUND_RESULT)
-        if job is None:
+        self._complete(peer, event[0], event[1])
+
+    def _complete(self, peer: Peer, handle: bytes, data: bytes) -> None:
+        job = self._jobs.get(handle)
+        if job is None or job.worker is not peer:
+            self._error(peer, b"JOB_NOT_FOUND", _NOT_FOUND_RESULT)
             return
-        if job.clients:
-            self._forward(job, _with_payload(13, job.handle + b"\0", event[1]))
+        clients = job.clients
+        if clients:
+            header = _pack_header(_RES, 13, len(handle) + 1 + len(data)) + handle + b"\0"
+            chunks = [header + data] if len(data) <= _JOIN_PAYLOAD else [header, data]
+            dirty = self._dirty
+            for client in clients:
+                client.out += chunks
+                if not client.dirty:
+                    client.dirty = True
+                    dirty.append(client)
+        # Inline _remove for the common case: a running job with no key or store row.
+        if job.key is None and not job.store_id and job.state is _RUNNING:
+            job.state = _GONE
+            function = job.function
+            function.total -= 1
+            function.running -= 1
+            del peer.working[job]
+            job.worker = None
+            del self._jobs[handle]
+            if clients:
+                for client in clients:
+                    client.following.pop(job, None)
+                job.clients = []
+            return
         self._remove(job)
 
     def _on_work_fail(self, peer: Peer, event: ev.WorkFail, now: float) -> None:
@@ -1067,6 +1125,17 @@ class ServerCore:
 
 
 _with_payload = wire.Encoder.with_payload
+_pack_header = wire._pack
+_RES = b"\0RES"
+_JOIN_PAYLOAD = wire._JOIN_PAYLOAD
+_SUBMIT_TYPES = {
+    7: (1, False),
+    18: (1, True),
+    21: (0, False),
+    32: (0, True),
+    33: (2, False),
+    34: (2, True),
+}
 # gearmand's texts for ERROR JOB_NOT_FOUND, which differ by packet type.
 _NOT_FOUND_RESULT = b"Job given in work result not found"
 _NOT_FOUND_DATA = b"Job does not exist on server"

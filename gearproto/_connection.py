@@ -9,19 +9,28 @@ What is tracked, and why:
 
 * **Replies in order.**  Gearman has no request ids: JOB_CREATED, STATUS_RES,
   ECHO_RES, OPTION_RES, JOB_ASSIGN*/NO_JOB and admin replies answer requests in the
-  order they were sent.  Both sides keep the queue of requests still owed a reply, so a
-  client knows what each reply answers (:attr:`Connection.answered`) and a server
-  cannot answer out of turn.  Requests that normally get no reply (CAN_DO, WORK_*, ...)
-  may still get an ERROR; runs of them are kept as one counted entry.
+  order they were sent.  Both sides keep the queue of requests still owed a reply, so
+  a client knows what each reply answers (:attr:`Connection.answered`) and a server
+  cannot answer out of turn.  Requests that normally get no reply (CAN_DO, WORK_*,
+  ...) may still draw an ERROR; consecutive ones are kept as one counted *run*, and
+  an ERROR is attributed to a run only if its code is one such requests draw (see
+  ``_CODE_BITS``).  A reply to a later request proves the run succeeded.
 * **Handles.**  A client may see WORK_* only for foreground jobs it submitted (one
-  count per submission, so a job coalesced twice ends twice); a worker may send WORK_*
-  only for jobs assigned to it.  A server's view tracks the same from the other end.
+  count per submission, so a job coalesced twice ends twice); a worker may send
+  WORK_* only for jobs assigned to it.  A server's view tracks the same from the
+  other end.
 * **Worker sub-state**: grabbing, sleeping, working or idle.
+
+The receive path is the hot loop of every binding and of the job server, so the
+common packet types are decoded inline in ``_parse_requests`` / ``_parse_responses``
+(one list index per packet picks the branch); everything else, and every packet the
+fast path has doubts about, goes through the generic, table-driven slow path.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,27 +38,48 @@ from typing import Any, Final, TypeAlias
 
 from . import admin as _admin
 from ._codec import (
-    DECODERS,
-    HEADER,
     LARGE_BODY,
     MAX_TYPE,
     ParseError,
+    decode_body,
     decode_slice,
     encode,
     encode_parts,
+    event_fields,
 )
-from ._codec import event_fields as _event_fields
 from ._spec import PACKETS, REQ, RES, Direction, FieldKind, PacketType
 from .admin import AdminCommand, AdminError, AdminReply
-from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import (
     EVENT_CLASSES,
+    SUBMIT_VARIANTS,
     ConnectionClosed,
+    EchoReq,
+    EchoRes,
     Error,
     Event,
+    GetStatus,
+    GetStatusUnique,
+    GrabJob,
+    GrabJobAll,
+    GrabJobUniq,
+    JobAssign,
+    JobAssignAll,
+    JobAssignUniq,
+    JobCreated,
+    NoJob,
+    Noop,
+    OptionReq,
+    OptionRes,
     PacketEvent,
+    StatusRes,
+    StatusResUnique,
     SubmitJob,
+    SubmitJobEpoch,
+    SubmitJobSched,
     SubmitReduceJob,
+    Unused,
+    packet_type,
 )
 
 __all__ = [
@@ -64,7 +94,7 @@ __all__ = [
 
 
 class Side(enum.Enum):
-    """Which end of the connection this object plays."""
+    """Which end of the connection a :class:`Connection` plays."""
 
     #: Sends ``\\0REQ`` packets and admin commands: a client, a worker, or both.
     CLIENT = "client"
@@ -77,26 +107,33 @@ class NeedData(enum.Enum):
 
     NEED_DATA = "NEED_DATA"
 
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
 
 #: Returned by :meth:`Connection.next_event` when more bytes are needed.
 NEED_DATA: Final = NeedData.NEED_DATA
 
 
 class ConnectionState(enum.Enum):
+    """The life cycle of a :class:`Connection`."""
+
+    #: Events flow both ways.
     OPEN = "open"
     #: The peer closed the connection and every event before that was read.
     CLOSED = "closed"
-    #: A fatal protocol error happened; the connection must be closed.
+    #: A fatal protocol error happened (or a write failed); close the connection.
     ERROR = "error"
 
 
 class WorkerState(enum.Enum):
-    """What the worker side of a connection is doing (see :attr:`Connection.worker_state`)."""
+    """What the worker role of a connection is doing (:attr:`Connection.worker_state`)."""
 
+    #: Not waiting for a job, not sleeping, holding no job.
     IDLE = "idle"
     #: A GRAB_JOB* is waiting for its reply.
     GRABBING = "grabbing"
-    #: PRE_SLEEP was sent and no NOOP has arrived since.
+    #: PRE_SLEEP was sent and no NOOP (or GRAB_JOB*) has followed.
     SLEEPING = "sleeping"
     #: Holding at least one assigned job.
     WORKING = "working"
@@ -106,32 +143,40 @@ class WorkerState(enum.Enum):
 class Limits:
     """Size limits enforced on everything sent and received.
 
-    The packet size is checked on the declared size in the header, before any of the
-    body is buffered.  The defaults follow gearmand and libgearman.
+    The packet size is checked on the size declared in the header, before any of
+    the body is buffered.  The defaults follow gearmand and libgearman.
+
+    Attributes:
+        max_packet_size: Largest packet body accepted or sent; also bounds an admin
+            listing (all its rows) and one admin reply line read by a client.
+        max_function: Longest function name (libgearman's limit is 512).
+        max_unique: Longest unique id (gearmand: 64).
+        max_handle: Longest job handle (gearmand: 64 including its NUL).
+        max_line: Longest admin command line a server reads, line ending included
+            (gearmand's receive buffer: 8 KiB).
+        max_text: Longest other text field (option names, client ids, error texts).
+        max_number: Most characters in a number field a server accepts from its peer
+            and a client sends (gearmand refuses timeouts over 20 characters).
     """
 
-    #: Largest packet body, and largest admin listing, accepted or sent.
     max_packet_size: int = 64 * 1024 * 1024
-    #: Longest function name (libgearman's limit is 512).
     max_function: int = 512
-    #: Longest unique id (gearmand: 64).
     max_unique: int = 64
-    #: Longest job handle (gearmand: 64).
     max_handle: int = 64
-    #: Longest admin line, line ending included (gearmand's buffer: 8 KiB).
     max_line: int = 8192
-    #: Longest other text field (option names, client ids, error texts, ...).
     max_text: int = 8192
-    #: Most digits in a number field (gearmand refuses timeouts over 20 characters).
     max_number: int = 20
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if type(value) is not int or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, not {value!r}")
         if self.max_packet_size > 0xFFFFFFFF:
-            raise ValueError("Limits.max_packet_size cannot exceed 2**32 - 1")
+            raise ValueError(
+                f"Limits.max_packet_size cannot exceed 2**32 - 1 (the size field is"
+                f" 32 bits), not {self.max_packet_size}"
+            )
 
     def for_kind(self, kind: FieldKind) -> int:
         """The limit that applies to fields of ``kind``."""
@@ -146,39 +191,30 @@ class Limits:
         }[kind]
 
 
-# ------------------------------------------------------------------ request table
+# ------------------------------------------------------------------ request tables
 
 _T = PacketType
 
-# The replies each request type waits for; ERROR is always acceptable too.
-_REPLIES: dict[PacketType, frozenset[int]] = {
-    _T.GRAB_JOB: frozenset({_T.JOB_ASSIGN, _T.NO_JOB}),
-    _T.GRAB_JOB_UNIQ: frozenset({_T.JOB_ASSIGN_UNIQ, _T.NO_JOB}),
-    _T.GRAB_JOB_ALL: frozenset({_T.JOB_ASSIGN_ALL, _T.JOB_ASSIGN_UNIQ, _T.NO_JOB}),
-    _T.GET_STATUS: frozenset({_T.STATUS_RES}),
-    _T.GET_STATUS_UNIQUE: frozenset({_T.STATUS_RES_UNIQUE}),
-    _T.ECHO_REQ: frozenset({_T.ECHO_RES}),
-    _T.OPTION_REQ: frozenset({_T.OPTION_RES}),
+#: What each request class waits for (ERROR always answers too).
+_REPLIES: dict[type[Any], frozenset[type[Any]]] = {
+    SubmitJob: frozenset({JobCreated}),
+    SubmitReduceJob: frozenset({JobCreated}),
+    SubmitJobEpoch: frozenset({JobCreated}),
+    SubmitJobSched: frozenset({JobCreated}),
+    GetStatus: frozenset({StatusRes}),
+    GetStatusUnique: frozenset({StatusResUnique}),
+    EchoReq: frozenset({EchoRes}),
+    OptionReq: frozenset({OptionRes}),
+    GrabJob: frozenset({JobAssign, NoJob}),
+    GrabJobUniq: frozenset({JobAssignUniq, NoJob}),
+    # gearmand answers GRAB_JOB_ALL with JOB_ASSIGN_UNIQ for jobs without a reducer.
+    GrabJobAll: frozenset({JobAssignAll, JobAssignUniq, NoJob}),
+    # Type 5 is reserved: every server answers it with ERROR.
+    Unused: frozenset(),
 }
-_SUBMIT_TYPES = frozenset(
-    {
-        _T.SUBMIT_JOB,
-        _T.SUBMIT_JOB_BG,
-        _T.SUBMIT_JOB_HIGH,
-        _T.SUBMIT_JOB_HIGH_BG,
-        _T.SUBMIT_JOB_LOW,
-        _T.SUBMIT_JOB_LOW_BG,
-        _T.SUBMIT_JOB_SCHED,
-        _T.SUBMIT_JOB_EPOCH,
-        _T.SUBMIT_REDUCE_JOB,
-        _T.SUBMIT_REDUCE_JOB_BACKGROUND,
-    }
-)
-_FOREGROUND_SUBMITS = frozenset(
-    {_T.SUBMIT_JOB, _T.SUBMIT_JOB_HIGH, _T.SUBMIT_JOB_LOW, _T.SUBMIT_REDUCE_JOB}
-)
-for _t in _SUBMIT_TYPES:
-    _REPLIES[_t] = frozenset({_T.JOB_CREATED})
+_SUBMIT_CLASSES = frozenset({SubmitJob, SubmitReduceJob, SubmitJobEpoch, SubmitJobSched})
+_GRAB_CLASSES = frozenset({GrabJob, GrabJobUniq, GrabJobAll})
+_ASSIGN_CLASSES = frozenset({JobAssign, JobAssignUniq, JobAssignAll})
 
 _WORK_TYPES = frozenset(
     {
@@ -191,63 +227,144 @@ _WORK_TYPES = frozenset(
     }
 )
 _TERMINAL = frozenset({_T.WORK_COMPLETE, _T.WORK_FAIL, _T.WORK_EXCEPTION})
-_ASSIGN_TYPES = frozenset({_T.JOB_ASSIGN, _T.JOB_ASSIGN_UNIQ, _T.JOB_ASSIGN_ALL})
-_GRAB_TYPES = frozenset({_T.GRAB_JOB, _T.GRAB_JOB_UNIQ, _T.GRAB_JOB_ALL})
-_REPLY_TYPES = frozenset(t for replies in _REPLIES.values() for t in replies) | {_T.ERROR}
 
-# ERROR codes a request that normally gets no reply can draw.  A run of such requests
-# is one queue entry; an ERROR with another code proves they all succeeded.
-_WORK_ERRORS = frozenset({ErrorCode.JOB_NOT_FOUND, ErrorCode.ARGUMENT_TOO_LARGE})
-_OTHER_ERRORS = frozenset(
-    {
-        ErrorCode.INVALID_COMMAND,
-        ErrorCode.ARGUMENT_TOO_LARGE,
-        ErrorCode.INVALID_ARGUMENT,
-        ErrorCode.PERMISSION_DENIED,
-    }
-)
+# Requests that get no reply unless they fail belong to one of two groups; an ERROR
+# is attributed to a run of them only if its code is one their group draws.  The
+# codes are gearmand's: JOB_NOT_FOUND answers WORK_* for a job the worker does not
+# hold; the others answer CAN_DO & co. (ALL_YOURS draws INVALID_COMMAND; a server
+# may refuse a too-long function or a bad client id or timeout).  Every other code
+# (QUEUE_ERROR, UNKNOWN_OPTION, ...) answers a request that expects a reply.
+_WORK_BIT = 1
+_OTHER_BIT = 2
+_CODE_BITS: dict[bytes, int] = {
+    ErrorCode.JOB_NOT_FOUND: _WORK_BIT,
+    ErrorCode.INVALID_ARGUMENT: _WORK_BIT | _OTHER_BIT,
+    ErrorCode.INVALID_COMMAND: _OTHER_BIT,
+    ErrorCode.ARGUMENT_TOO_LARGE: _OTHER_BIT,
+    ErrorCode.PERMISSION_DENIED: _OTHER_BIT,
+}
 
 # gearmand's texts for ERROR JOB_NOT_FOUND, which differ by packet type.
-_NOT_FOUND_TEXT = {
+_NOT_FOUND_TEXT: dict[int, bytes] = {
     _T.WORK_DATA: b"Job does not exist on server",
     _T.WORK_WARNING: b"Job does not exist on server",
     _T.WORK_EXCEPTION: b"An exception was received for a job that does not exist",
 }
 _NOT_FOUND_DEFAULT = b"Job given in work result not found"
+_TOO_LARGE_TEXT = {
+    FieldKind.UNIQUE: b"Unique value too large",
+    FieldKind.HANDLE: b"Job handle too large",
+    FieldKind.FUNCTION: b"Function name too large",
+    FieldKind.NUMBER: b"Number too large",
+    FieldKind.TEXT: b"Argument too large",
+}
 
-# Entry kinds in the queue of requests owed a reply.
-_K_PACKET = 0  # a binary request waiting for one of ``replies`` or ERROR
-_K_SILENT = 1  # a run of ``count`` requests that get no reply unless an ERROR
-_K_REJECTED = 2  # a request the core refused on a server: the server owes an ERROR
-_K_LISTING = 3  # an admin command answered by a listing (or an ERR line)
-_K_LINE = 4  # an admin command answered by one OK/ERR line
 
+class _Run:
+    """A run of consecutive requests that get no reply unless they fail."""
 
-class _Pending:
-    """One entry of the reply queue."""
+    __slots__ = ("count", "last", "mask")
 
-    __slots__ = ("accepts", "count", "kind", "replies", "request")
-
-    def __init__(
-        self,
-        kind: int,
-        request: Any,
-        replies: frozenset[int] = frozenset(),
-        accepts: frozenset[bytes] = frozenset(),
-    ) -> None:
-        self.kind = kind
-        self.request = request
-        self.replies = replies
-        self.accepts = accepts
+    def __init__(self, request: Any, mask: int) -> None:
         self.count = 1
+        self.mask = mask
+        #: The latest request of the run (what an ERROR for the run reports).
+        self.last = request
+
+    def __repr__(self) -> str:
+        return f"<{self.count} request(s) without reply, last {self.last!r}>"
 
 
-# ------------------------------------------------------------------ field checks
+class _Owed:
+    """A request the server-side core refused: the server owes an ERROR for it."""
+
+    __slots__ = ("hint",)
+
+    def __init__(self, hint: Error | AdminError | None) -> None:
+        self.hint = hint
+
+    def __repr__(self) -> str:
+        return f"<refused request; {self.hint!r} is owed>"
 
 
-def _field_checks(limits: Limits) -> list[tuple[tuple[int, int, str, FieldKind, bool], ...]]:
+# ------------------------------------------------------------------ fast-path tables
+
+_HEADER_QI = struct.Struct(">QI")
+_REQ_BASE = int.from_bytes(REQ, "big") << 32
+_RES_BASE = int.from_bytes(RES, "big") << 32
+
+# Branch numbers of the inline decoders, indexed by packet type (0 = slow path).
+# The parse loops compare against these numbers as literals.
+_S_WORK, _S_SUBMIT, _S_GRAB, _S_SLEEP, _S_ECHO, _S_ABILITY, _S_STATUS = range(1, 8)
+_C_CREATED, _C_WORK, _C_NOOP, _C_NOJOB, _C_ASSIGN, _C_ECHO = range(1, 7)
+assert MAX_TYPE == 42, "the parse loops test 0 < type < 43"
+
+
+def _branches(table: dict[PacketType, int]) -> list[int]:
+    return [table.get(PacketType(t), 0) if t else 0 for t in range(MAX_TYPE + 1)]
+
+
+_SERVER_BRANCH = _branches(
+    {
+        **dict.fromkeys(SUBMIT_VARIANTS, _S_SUBMIT),
+        _T.WORK_COMPLETE: _S_WORK,
+        _T.WORK_DATA: _S_WORK,
+        _T.WORK_WARNING: _S_WORK,
+        _T.WORK_EXCEPTION: _S_WORK,
+        _T.GRAB_JOB: _S_GRAB,
+        _T.GRAB_JOB_UNIQ: _S_GRAB,
+        _T.GRAB_JOB_ALL: _S_GRAB,
+        _T.ECHO_REQ: _S_ECHO,
+        _T.CAN_DO: _S_ABILITY,
+        _T.CANT_DO: _S_ABILITY,
+        _T.PRE_SLEEP: _S_SLEEP,
+        _T.GET_STATUS: _S_STATUS,
+    }
+)
+_CLIENT_BRANCH = _branches(
+    {
+        _T.JOB_CREATED: _C_CREATED,
+        _T.WORK_COMPLETE: _C_WORK,
+        _T.WORK_DATA: _C_WORK,
+        _T.WORK_WARNING: _C_WORK,
+        _T.WORK_EXCEPTION: _C_WORK,
+        _T.NOOP: _C_NOOP,
+        _T.NO_JOB: _C_NOJOB,
+        _T.JOB_ASSIGN: _C_ASSIGN,
+        _T.JOB_ASSIGN_UNIQ: _C_ASSIGN,
+        _T.ECHO_RES: _C_ECHO,
+    }
+)
+# Per type: the event class; the priority/background of a SUBMIT_JOB variant; whether
+# a WORK_* ends its job; how many NULs an assignment has; the singletons of bodiless
+# packets.
+_CLASS: list[Any] = [None] + [EVENT_CLASSES[t] for t in PacketType]
+_SUBMIT_EXTRA: list[tuple[Any, ...]] = [
+    SUBMIT_VARIANTS.get(PacketType(t), ()) if t else () for t in range(MAX_TYPE + 1)
+]
+_ENDS_JOB = [t in _TERMINAL for t in range(MAX_TYPE + 1)]
+_ASSIGN_NULS = [PACKETS[PacketType(t)].nul_terminated if t else 0 for t in range(MAX_TYPE + 1)]
+_SINGLETON: list[Any] = [None] + [
+    EVENT_CLASSES[t]() if not PACKETS[t].fields else None for t in PacketType
+]
+_NOOP = Noop()
+_NO_JOB = NoJob()
+
+_tuple_new = tuple.__new__
+
+# Fields kinds whose length is checked on receive (numbers are checked separately).
+_LENGTH_KINDS = frozenset({FieldKind.FUNCTION, FieldKind.UNIQUE, FieldKind.HANDLE, FieldKind.TEXT})
+
+# On the wire a number field has at most this many characters after parse_int()
+# (30 digits and a sign); a server may relay any number it received.
+_MAX_RELAYED_NUMBER = 32
+
+_FieldCheck: TypeAlias = tuple[int, int, str, FieldKind, bool]
+
+
+def _field_checks(limits: Limits) -> list[tuple[_FieldCheck, ...]]:
     """Per packet type: (index, limit, name, kind, is_tail) for every field."""
-    table: list[tuple[tuple[int, int, str, FieldKind, bool], ...]] = [()]
+    table: list[tuple[_FieldCheck, ...]] = [()]
     for ptype in PacketType:
         spec = PACKETS[ptype]
         last = len(spec.fields) - 1
@@ -260,25 +377,30 @@ def _field_checks(limits: Limits) -> list[tuple[tuple[int, int, str, FieldKind, 
     return table
 
 
-_TOO_LARGE_TEXT = {
-    FieldKind.UNIQUE: b"Unique value too large",
-    FieldKind.HANDLE: b"Job handle too large",
-    FieldKind.FUNCTION: b"Function name too large",
-    FieldKind.NUMBER: b"Number too large",
-    FieldKind.FLAG: b"Number too large",
-}
+def _is_background(request: Any) -> bool:
+    cls = type(request)
+    if cls is SubmitJob or cls is SubmitReduceJob:
+        return bool(request.background)
+    # SUBMIT_JOB_EPOCH and SUBMIT_JOB_SCHED jobs run later: nobody waits for them.
+    return True
+
+
+def _describe(request: Any) -> str:
+    if type(request) in _EVENT_CLASS_SET:
+        return packet_type(request).name
+    return type(request).__name__
 
 
 AnyEvent: TypeAlias = Event | AdminCommand | AdminReply
 
 
 class Connection:
-    """One side of a Gearman connection.
+    """One side of a Gearman connection, as a sans-IO state machine.
 
     Args:
         side: :attr:`Side.CLIENT` for clients and workers (they send ``\\0REQ``),
             :attr:`Side.SERVER` for a server's view of one connected peer.
-        limits: size limits for both directions.
+        limits: size limits for both directions (default :class:`Limits`).
 
     Typical use by an I/O binding::
 
@@ -291,39 +413,92 @@ class Connection:
                 conn.receive_data(data) if data else conn.receive_eof()
                 continue
             ...
+
+    Attributes:
+        side: the side given to the constructor.
+        limits: the limits given to the constructor.
+        answered: the request that the event last returned by :meth:`next_event`
+            answers (the packet event or admin command that was sent), or ``None``
+            if it answers nothing (WORK_*, NOOP, a request received by a server).
     """
+
+    __slots__ = (
+        "_answers",
+        "_checks",
+        "_chunks",
+        "_client_handles",
+        "_dead",
+        "_eof",
+        "_error",
+        "_finished",
+        "_grabs",
+        "_line_limit",
+        "_line_wait",
+        "_listing",
+        "_listing_size",
+        "_max_packet",
+        "_need",
+        "_our_magic",
+        "_pending",
+        "_raise_next",
+        "_ready",
+        "_ri",
+        "_size",
+        "_sleeping",
+        "_state",
+        "_their_magic",
+        "_worker_handles",
+        "answered",
+        "limits",
+        "side",
+    )
 
     def __init__(self, side: Side, *, limits: Limits | None = None) -> None:
         if not isinstance(side, Side):
-            raise TypeError(f"side must be a Side, not {side!r}")
+            raise TypeError(f"side must be Side.CLIENT or Side.SERVER, not {side!r}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a Limits, not {type(limits).__name__}")
         self.side: Final = side
         self.limits: Final = limits if limits is not None else Limits()
         self._our_magic = REQ if side is Side.CLIENT else RES
         self._their_magic = RES if side is Side.CLIENT else REQ
         self._checks = _field_checks(self.limits)
         self._max_packet = self.limits.max_packet_size
-        self._max_line = self.limits.max_line
+        # A server reads command lines (gearmand: 8 KiB); a client reads reply
+        # lines, and a `workers` row can be much longer than that.
+        self._line_limit = (
+            self.limits.max_line if side is Side.SERVER else self.limits.max_packet_size
+        )
         # Receive buffer: the unparsed tail plus chunks received since, and how many
         # bytes must be present before parsing can make progress (so a large packet
         # arriving in small pieces is joined once, not once per piece).
         self._chunks: list[bytes] = []
         self._size = 0
         self._need = 1
-        # True while the buffer holds the start of an admin line without its "\n":
-        # only a chunk with a newline (or too many bytes) can then make progress.
+        # True while the buffer holds the start of a text line without its "\n":
+        # only a chunk with a newline (or one that passes the limit) makes progress.
         self._line_wait = False
         self._eof = False
-        self._ready: deque[tuple[Any, Any]] = deque()
+        # After a fatal error nothing more is buffered or parsed.
+        self._dead = False
+        # Events parsed and not yet returned: ready[ri:], plus the request each
+        # reply answers, keyed by its index in ready.
+        self._ready: list[Any] = []
+        self._ri = 0
+        self._answers: dict[int, Any] = {}
+        # The error to raise once the events parsed before it are returned.
+        self._raise_next: RemoteProtocolError | None = None
         self._state = ConnectionState.OPEN
         self._error: RemoteProtocolError | None = None
-        # An admin listing being read (client side): the command and its rows.
+        # An admin listing being read (client side): its rows so far.
         self._listing: list[bytes] | None = None
         self._listing_size = 0
-        # Replies owed, oldest first.
-        self._pending: deque[_Pending] = deque()
-        # Client side: fg handles we may see WORK_* for (one count per submission),
-        # and handles we may send WORK_* for.  Server side: the same, seen from
-        # the server (handles it may forward WORK_* for / expects WORK_* for).
+        # Requests owed a reply, oldest first: request events, admin commands,
+        # _Run entries and (server side) _Owed entries.
+        self._pending: deque[Any] = deque()
+        # Client role: handles of foreground jobs it may see WORK_* for, one count
+        # per submission.  Worker role: handles it may send WORK_* for.  A server's
+        # view tracks the same for the peer.
         self._client_handles: dict[bytes, int] = {}
         self._worker_handles: set[bytes] = set()
         # Handles that ended recently: late WORK_* for them (gearmand forwards a
@@ -331,8 +506,6 @@ class Connection:
         self._finished: dict[bytes, None] = {}
         self._grabs = 0
         self._sleeping = False
-        #: The request the event last returned by :meth:`next_event` answers (a
-        #: packet event or an admin command), or ``None`` if it answers nothing.
         self.answered: Any = None
 
     # ----------------------------------------------------------------- inspection
@@ -340,11 +513,13 @@ class Connection:
     def __repr__(self) -> str:
         return (
             f"<Connection {self.side.value} {self._state.value}"
-            f" pending={len(self._pending)} buffered={self._size}>"
+            f" pending_replies={self.pending_replies} worker={self.worker_state.value}"
+            f" buffered={self._size}>"
         )
 
     @property
     def state(self) -> ConnectionState:
+        """Where the connection is in its life cycle."""
         return self._state
 
     @property
@@ -353,7 +528,7 @@ class Connection:
 
         Requests that get no reply unless they fail (CAN_DO, WORK_*, ...) do not count.
         """
-        return sum(1 for p in self._pending if p.kind != _K_SILENT)
+        return sum(1 for p in self._pending if type(p) is not _Run)
 
     @property
     def worker_state(self) -> WorkerState:
@@ -384,169 +559,177 @@ class Connection:
     # -------------------------------------------------------------------- receive
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Add bytes received from the peer.  An empty chunk is ignored (not EOF)."""
+        """Add bytes received from the peer.
+
+        An empty chunk is ignored (it is not EOF: call :meth:`receive_eof`).  After a
+        fatal protocol error the bytes are dropped, so a misbehaving peer cannot make
+        the connection buffer without bound.
+
+        Raises:
+            LocalProtocolError: :meth:`receive_eof` was already called.
+        """
         if self._eof:
-            raise LocalProtocolError("receive_data() after receive_eof()")
-        if data:
-            chunk = data if type(data) is bytes else bytes(data)
-            self._chunks.append(chunk)
-            self._size += len(chunk)
-            if self._line_wait:
-                if b"\n" in chunk or self._size >= self._max_line:
-                    self._need = 0
-                else:
-                    self._need = self._size + 1
+            raise LocalProtocolError("receive_data() called after receive_eof()")
+        if not data or self._dead:
+            return
+        chunk = data if type(data) is bytes else bytes(data)
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._line_wait and (b"\n" in chunk or self._size >= self._line_limit):
+            self._need = 0
 
     def receive_eof(self) -> None:
-        """The peer closed its side.  Buffered events are still returned first."""
+        """The peer closed its side.  Events buffered before that are returned first."""
         self._eof = True
 
     def next_event(self) -> Event | AdminCommand | AdminReply | NeedData:
         """The next event from the peer, or :data:`NEED_DATA`.
 
+        After the peer closed the connection (and every event was returned) this
+        returns :class:`~gearproto.events.ConnectionClosed`.  Sets :attr:`answered`.
+
         Raises:
-            RemoteProtocolError: the peer broke the protocol (see its ``fatal``).
+            RemoteProtocolError: the peer broke the protocol.  If ``fatal`` is false
+                exactly one packet or line was refused and you may go on calling
+                ``next_event()``; otherwise the connection must be closed.
+        """
+        ri = self._ri
+        ready = self._ready
+        if ri < len(ready):
+            self._ri = ri + 1
+            answers = self._answers
+            self.answered = answers.pop(ri) if ri in answers else None
+            return ready[ri]  # type: ignore[no-any-return]
+        return self._next_event_slow()
+
+    def next_events(self) -> list[Event | AdminCommand | AdminReply]:
+        """Every event available now, as a list (empty if more data is needed).
+
+        The fast way for a server to drain a connection: one call per read instead of
+        one per event.  :attr:`answered` is set for the last event of the list only,
+        so a client that needs to know what each reply answers uses
+        :meth:`next_event` instead.  ConnectionClosed is not included; call
+        :meth:`next_event` when this returns an empty list after EOF.
+
+        Raises:
+            RemoteProtocolError: as :meth:`next_event`, if no event comes before it.
         """
         ready = self._ready
-        if not ready:
-            self._parse()
-            if not ready:
-                if self._eof:
-                    return self._at_eof()
-                self.answered = None
-                return NEED_DATA
-        event, answered = ready.popleft()
-        if type(event) is RemoteProtocolError:
-            self.answered = None
-            if event.fatal:
-                self._state = ConnectionState.ERROR
-                self._error = event
-                ready.clear()
-            raise event
-        self.answered = answered
-        return event  # type: ignore[no-any-return]
+        if self._ri >= len(ready):
+            event = self._next_event_slow()
+            if event is NEED_DATA or type(event) is ConnectionClosed:
+                return []
+            ready = self._ready
+            self._ri -= 1
+        out = ready[self._ri :] if self._ri else ready
+        last = len(ready) - 1
+        self.answered = self._answers.get(last)
+        self._ready = []
+        self._ri = 0
+        self._answers = {}
+        return out
 
     def events(self) -> Iterator[Event | AdminCommand | AdminReply]:
-        """Iterate over the events available now (stops at :data:`NEED_DATA`)."""
+        """Iterate over the events available now (stops at :data:`NEED_DATA`).
+
+        :attr:`answered` is set for each event as it is yielded.
+        """
         while True:
             event = self.next_event()
             if event is NEED_DATA:
                 return
             yield event
 
+    def _next_event_slow(self) -> Event | AdminCommand | AdminReply | NeedData:
+        if self._ready:
+            self._ready = []
+            self._ri = 0
+            self._answers = {}
+        self.answered = None
+        error = self._raise_next
+        if error is None:
+            if self._state is not ConnectionState.OPEN:
+                return self._after_close()
+            self._parse()
+            if self._ready:
+                return self.next_event()
+            error = self._raise_next
+        if error is not None:
+            self._raise_next = None
+            if error.fatal:
+                self._state = ConnectionState.ERROR
+                self._error = error
+            raise error
+        if self._eof:
+            return self._at_eof()
+        return NEED_DATA
+
+    def _after_close(self) -> ConnectionClosed:
+        if self._state is ConnectionState.CLOSED:
+            return ConnectionClosed()
+        raise RemoteProtocolError(
+            f"the connection already failed: {self._error}",
+            hint=self._error.hint if self._error is not None else None,
+        )
+
     def _at_eof(self) -> ConnectionClosed:
-        if self._size:
+        problem = None
+        if self._listing is not None:
+            problem = f"after {len(self._listing)} row(s) of an admin listing"
+        elif self._size:
+            head = b"".join(self._chunks)
+            if head[0] == 0 and len(head) >= 12:
+                size = _HEADER_QI.unpack_from(head)[1]
+                problem = f"after {len(head) - 12} of {size} body bytes of a packet"
+            elif head[0] == 0:
+                problem = f"after {len(head)} of the 12 bytes of a packet header"
+            else:
+                problem = f"in the middle of a text line ({len(head)} bytes without newline)"
+        if problem is not None:
+            self._chunks = []
             self._size = 0
-            self._chunks.clear()
+            self._listing = None
             self._state = ConnectionState.ERROR
-            self._error = RemoteProtocolError(
-                "peer closed the connection in the middle of a packet or line"
-            )
+            self._error = RemoteProtocolError(f"the peer closed the connection {problem}")
             raise self._error
         self._state = ConnectionState.CLOSED
-        self.answered = None
         return ConnectionClosed()
 
-    def _fail(self, message: str, code: bytes, text: bytes, *, fatal: bool) -> None:
-        """Queue a RemoteProtocolError (after the events parsed before it)."""
-        hint = Error(code, text) if self.side is Side.SERVER else None
-        if not fatal and self.side is Side.SERVER:
-            # The server now owes this peer an ERROR in this request's place.
-            self._pending.append(_Pending(_K_REJECTED, None))
-        self._ready.append((RemoteProtocolError(message, hint=hint, fatal=fatal), None))
+    # -------------------------------------------------------------- receive: errors
 
-    def _fail_text(self, message: str, reply: AdminError, *, fatal: bool) -> None:
-        hint = reply if self.side is Side.SERVER else None
-        self._ready.append((RemoteProtocolError(message, hint=hint, fatal=fatal), None))
+    def _fail(self, message: str, code: bytes, text: bytes, *, fatal: bool) -> None:
+        """Queue a RemoteProtocolError for a binary packet, after the events before it."""
+        hint = Error(code, text) if self.side is Side.SERVER else None
+        self._queue_error(message, hint, fatal)
+
+    def _queue_error(self, message: str, hint: Error | AdminError | None, fatal: bool) -> None:
+        if not fatal and self.side is Side.SERVER:
+            # The server now owes this peer an ERROR in the refused request's place.
+            self._pending.append(_Owed(hint))
+        self._raise_next = RemoteProtocolError(message, hint=hint, fatal=fatal)
+        if fatal:
+            self._dead = True
+
+    # -------------------------------------------------------------- receive: parse
 
     def _parse(self) -> None:
-        """Turn every complete packet and line in the buffer into queued events."""
-        if self._state is not ConnectionState.OPEN:
-            if self._error is not None:
-                raise RemoteProtocolError(
-                    f"connection already failed: {self._error}", hint=self._error.hint
-                )
-            return
-        if self._size < self._need:
+        """Turn the complete packets and lines in the buffer into ready events.
+
+        Stops at the first error, which is raised once the events before it have
+        been returned; parsing resumes after it on the next call.
+        """
+        if self._size < self._need or self._dead:
             return
         chunks = self._chunks
         src = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        n = len(src)
-        pos = 0
-        unpack = HEADER.unpack_from
-        decoders = DECODERS
-        their_magic = self._their_magic
-        max_packet = self._max_packet
-        fatal_seen = False
-        while pos < n:
-            if self._listing is None and src[pos] == 0:
-                if n - pos < 12:
-                    break
-                magic, ptype, size = unpack(src, pos)
-                if magic != their_magic or not 0 < ptype <= MAX_TYPE or size > max_packet:
-                    if not self._bad_header(magic, ptype, size):
-                        fatal_seen = True
-                        break
-                end = pos + 12 + size
-                if end > n:
-                    break
-                body_start = pos + 12
-                pos = end
-                if magic != their_magic:
-                    # A \0RES packet sent to a server: gearmand parses it and answers
-                    # ERROR INVALID_MAGIC, keeping the connection.
-                    self._fail(
-                        f"{PacketType(ptype).name} sent with the response magic",
-                        ErrorCode.INVALID_MAGIC,
-                        b"Request magic expected",
-                        fatal=False,
-                    )
-                    continue
-                try:
-                    if size < LARGE_BODY:
-                        event = decoders[ptype](src[body_start:end])
-                    else:
-                        event = decode_slice(ptype, src, body_start, end)
-                except ParseError as exc:
-                    self._fail(
-                        f"malformed {PacketType(ptype).name}: {exc.text.decode()}",
-                        exc.code,
-                        exc.text,
-                        fatal=self.side is Side.CLIENT,
-                    )
-                    if self.side is Side.CLIENT:
-                        fatal_seen = True
-                        break
-                    continue
-                if self._received_packet(ptype, event):
-                    fatal_seen = True
-                    break
-            else:
-                newline = src.find(b"\n", pos, pos + self._max_line)
-                if newline < 0:
-                    if n - pos >= self._max_line:
-                        self._fail_text(
-                            f"admin line longer than {self._max_line} bytes",
-                            AdminError(b"INVALID_ARGUMENTS", b"Line+too+long"),
-                            fatal=True,
-                        )
-                        fatal_seen = True
-                    break
-                line_end = newline - 1 if newline > pos and src[newline - 1] == 13 else newline
-                line = src[pos:line_end]
-                pos = newline + 1
-                if self._received_line(line):
-                    fatal_seen = True
-                    break
-        if fatal_seen:
-            # Nothing after a fatal error can be framed; drop it.
+        server = self.side is Side.SERVER
+        pos = self._parse_requests(src) if server else self._parse_responses(src)
+        self._line_wait = False
+        if self._dead:
             self._chunks = []
             self._size = 0
-            self._need = 1 << 62
-            self._line_wait = False
             return
-        rest = n - pos
-        self._line_wait = False
+        rest = len(src) - pos
         if rest == 0:
             self._chunks = []
             self._size = 0
@@ -555,222 +738,630 @@ class Connection:
         tail = src[pos:] if pos else src
         self._chunks = [tail]
         self._size = rest
-        if self._listing is None and tail[0] == 0:
-            if rest < 12:
-                self._need = 12
-            else:
-                self._need = 12 + unpack(tail, 0)[2]
+        if self._raise_next is not None:
+            self._need = 0  # more may be parseable right after the error
+        elif tail[0] == 0 and self._listing is None:
+            # A header that reached this point was valid: wait for the whole packet.
+            self._need = 12 if rest < 12 else 12 + _HEADER_QI.unpack_from(tail)[1]
         else:
-            self._need = rest + 1
+            self._need = 1 << 62
             self._line_wait = True
 
-    def _bad_header(self, magic: bytes, ptype: int, size: int) -> bool:
-        """Report a header that cannot be accepted; True if the stream may go on."""
+    def _parse_requests(self, src: bytes) -> int:
+        """Server side: parse requests from ``src``; returns the position reached.
+
+        The branch numbers are literals (see ``_SERVER_BRANCH``) and every table is
+        a local: in this loop a global lookup costs more than the comparison.  The
+        run of requests without reply being read is kept in locals and written to
+        the queue when something else is queued, or at the end.
+        """
+        n = len(src)
+        pos = 0
+        unpack = _HEADER_QI.unpack_from
+        struct_error = struct.error
+        base = _REQ_BASE
+        branch_of = _SERVER_BRANCH
+        classes = _CLASS
+        submit_extra = _SUBMIT_EXTRA
+        ends_job = _ENDS_JOB
+        singletons = _SINGLETON
+        emit = self._ready.append
+        owe = self._pending.append
+        worker_handles = self._worker_handles
+        limits = self.limits
+        max_function = limits.max_function
+        max_unique = limits.max_unique
+        max_handle = limits.max_handle
+        fast_max = min(LARGE_BODY - 1, self._max_packet)
+        new = _tuple_new
+        run_count = run_mask = 0
+        run_last: Any = None
+        event: Any
+        while pos < n:
+            try:
+                key, size = unpack(src, pos)
+            except struct_error:  # less than a header left
+                key = size = 0
+            ptype = key - base  # magic and type in one test: 1..42 only for \0REQ
+            if 0 < ptype < 43 and size <= fast_max:
+                end = pos + 12 + size
+                if end > n:
+                    break
+                branch = branch_of[ptype]
+                if branch == 1:  # WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION
+                    handle, nul, data = src[pos + 12 : end].partition(b"\0")
+                    if nul and handle in worker_handles:
+                        run_last = new(classes[ptype], (handle, data))
+                        if ends_job[ptype]:
+                            worker_handles.discard(handle)
+                        run_count += 1
+                        run_mask |= 1  # _WORK_BIT
+                        emit(run_last)
+                        pos = end
+                        continue
+                elif branch == 2:  # SUBMIT_JOB and its five variants
+                    parts = src[pos + 12 : end].split(b"\0", 2)
+                    if (
+                        len(parts) == 3
+                        and len(parts[0]) <= max_function
+                        and len(parts[1]) <= max_unique
+                    ):
+                        parts += submit_extra[ptype]
+                        event = new(SubmitJob, parts)
+                        if run_count:
+                            self._push_run(run_last, run_mask, run_count)
+                            run_count = run_mask = 0
+                        owe(event)
+                        emit(event)
+                        pos = end
+                        continue
+                elif branch == 3:  # GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL
+                    event = singletons[ptype]
+                    if run_count:
+                        self._push_run(run_last, run_mask, run_count)
+                        run_count = run_mask = 0
+                    owe(event)
+                    self._grabs += 1
+                    self._sleeping = False
+                    emit(event)
+                    pos = end
+                    continue
+                elif branch == 4:  # PRE_SLEEP
+                    run_last = singletons[ptype]
+                    self._sleeping = True
+                    run_count += 1
+                    run_mask |= 2  # _OTHER_BIT
+                    emit(run_last)
+                    pos = end
+                    continue
+                elif branch == 5:  # ECHO_REQ
+                    event = new(EchoReq, (src[pos + 12 : end],))
+                    if run_count:
+                        self._push_run(run_last, run_mask, run_count)
+                        run_count = run_mask = 0
+                    owe(event)
+                    emit(event)
+                    pos = end
+                    continue
+                elif branch == 6:  # CAN_DO, CANT_DO
+                    if size <= max_function:
+                        run_last = new(classes[ptype], (src[pos + 12 : end],))
+                        run_count += 1
+                        run_mask |= 2  # _OTHER_BIT
+                        emit(run_last)
+                        pos = end
+                        continue
+                elif branch == 7:  # GET_STATUS
+                    if size <= max_handle:
+                        event = new(GetStatus, (src[pos + 12 : end],))
+                        if run_count:
+                            self._push_run(run_last, run_mask, run_count)
+                            run_count = run_mask = 0
+                        owe(event)
+                        emit(event)
+                        pos = end
+                        continue
+            if run_count:
+                self._push_run(run_last, run_mask, run_count)
+                run_count = run_mask = 0
+            pos, go_on = self._slow_request(src, pos)
+            if not go_on:
+                break
+        if run_count:
+            self._push_run(run_last, run_mask, run_count)
+        return pos
+
+    def _parse_responses(self, src: bytes) -> int:
+        """Client side: parse replies from ``src``; returns the position reached.
+
+        Same shape as :meth:`_parse_requests`, with ``_CLIENT_BRANCH``.
+        """
+        n = len(src)
+        pos = 0
+        unpack = _HEADER_QI.unpack_from
+        struct_error = struct.error
+        base = _RES_BASE
+        branch_of = _CLIENT_BRANCH
+        classes = _CLASS
+        ends_job = _ENDS_JOB
+        assign_nuls = _ASSIGN_NULS
+        run_class = _Run
+        submit_classes = _SUBMIT_CLASSES
+        grab_classes = _GRAB_CLASSES
+        replies_to = _REPLIES
+        ready = self._ready
+        emit = ready.append
+        answers = self._answers
+        pending = self._pending
+        client_handles = self._client_handles
+        limits = self.limits
+        max_handle = limits.max_handle
+        max_function = limits.max_function
+        max_unique = limits.max_unique
+        fast_max = min(LARGE_BODY - 1, self._max_packet)
+        new = _tuple_new
+        while pos < n:
+            if self._listing is not None:
+                key = size = 0  # every byte of a listing is text
+            else:
+                try:
+                    key, size = unpack(src, pos)
+                except struct_error:  # less than a header left
+                    key = size = 0
+            ptype = key - base
+            if 0 < ptype < 43 and size <= fast_max:
+                end = pos + 12 + size
+                if end > n:
+                    break
+                branch = branch_of[ptype]
+                if branch == 2:  # WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION
+                    handle, nul, data = src[pos + 12 : end].partition(b"\0")
+                    count = client_handles.get(handle) if nul else None
+                    if count is not None:
+                        if ends_job[ptype]:
+                            if count == 1:
+                                del client_handles[handle]
+                                self._remember_finished(handle)
+                            else:
+                                client_handles[handle] = count - 1
+                        emit(new(classes[ptype], (handle, data)))
+                        pos = end
+                        continue
+                elif branch == 3:  # NOOP
+                    self._sleeping = False
+                    emit(_NOOP)
+                    pos = end
+                    continue
+                elif branch:  # a reply: requests without reply before it succeeded
+                    while pending and type(pending[0]) is run_class:
+                        pending.popleft()
+                    if pending:
+                        request = pending[0]
+                        rclass = type(request)
+                        if branch == 1:  # JOB_CREATED
+                            if rclass in submit_classes and size <= max_handle:
+                                pending.popleft()
+                                handle = src[pos + 12 : end]
+                                if not _is_background(request):
+                                    client_handles[handle] = client_handles.get(handle, 0) + 1
+                                    self._finished.pop(handle, None)
+                                answers[len(ready)] = request
+                                emit(new(JobCreated, (handle,)))
+                                pos = end
+                                continue
+                        elif branch == 6:  # ECHO_RES
+                            if rclass is EchoReq:
+                                pending.popleft()
+                                answers[len(ready)] = request
+                                emit(new(EchoRes, (src[pos + 12 : end],)))
+                                pos = end
+                                continue
+                        elif rclass in grab_classes:
+                            if branch == 4:  # NO_JOB
+                                pending.popleft()
+                                self._grabs -= 1
+                                answers[len(ready)] = request
+                                emit(_NO_JOB)
+                                pos = end
+                                continue
+                            # JOB_ASSIGN, JOB_ASSIGN_UNIQ
+                            cls = classes[ptype]
+                            nuls = assign_nuls[ptype]
+                            parts = src[pos + 12 : end].split(b"\0", nuls)
+                            if (
+                                len(parts) == nuls + 1
+                                and cls in replies_to[rclass]
+                                and len(parts[0]) <= max_handle
+                                and len(parts[1]) <= max_function
+                                and (nuls == 2 or len(parts[2]) <= max_unique)
+                            ):
+                                pending.popleft()
+                                self._grabs -= 1
+                                self._worker_handles.add(parts[0])
+                                answers[len(ready)] = request
+                                emit(new(cls, parts))
+                                pos = end
+                                continue
+            pos, go_on = self._slow_response(src, pos)
+            if not go_on:
+                break
+        return pos
+
+    # ------------------------------------------------------- receive: slow path
+
+    def _header(self, src: bytes, pos: int) -> tuple[int, int, int, bool] | None:
+        """Check the header at ``pos``: (type, body start, body end, magic ok).
+
+        ``None`` if a fatal error was queued or more bytes are needed (then
+        ``self._dead`` tells which).
+        """
+        magic = src[pos : pos + 4]
+        ptype, size = struct.unpack_from(">II", src, pos + 4)
+        if magic != REQ and magic != RES:
+            self._fail(
+                f"invalid magic {magic!r} (expected {self._their_magic!r}); the stream"
+                " is not Gearman",
+                ErrorCode.INVALID_MAGIC,
+                b"Invalid magic value",
+                fatal=True,
+            )
+            return None
         if not 0 < ptype <= MAX_TYPE:
             self._fail(
-                f"invalid packet type {ptype}",
+                f"invalid packet type {ptype} (valid types are 1 to {MAX_TYPE})",
                 ErrorCode.INVALID_COMMAND,
                 b"Invalid command expected",
                 fatal=True,
             )
-            return False
+            return None
         if size > self._max_packet:
             self._fail(
                 f"{PacketType(ptype).name} declares a {size}-byte body;"
-                f" the limit is {self._max_packet}",
+                f" the limit is {self._max_packet} bytes",
                 ErrorCode.ARGUMENT_TOO_LARGE,
                 b"Packet too large",
                 fatal=True,
             )
-            return False
-        if magic == self._our_magic and self.side is Side.SERVER:
-            return True  # \0RES to a server: answered with INVALID_MAGIC, not fatal
-        self._fail(
-            f"invalid magic {magic!r}",
-            ErrorCode.INVALID_MAGIC,
-            b"Invalid magic value",
-            fatal=True,
-        )
-        return False
+            return None
+        end = pos + 12 + size
+        if end > len(src):
+            return None
+        return ptype, pos + 12, end, magic == self._their_magic
 
-    # ------------------------------------------------------------- receive: state
-
-    def _check_fields(self, ptype: int, event: Any) -> tuple[FieldKind, str] | None:
-        """The first field of ``event`` over its limit, if any (received events)."""
-        for index, limit, name, kind, _is_tail in self._checks[ptype]:
-            if kind is FieldKind.DATA or kind is FieldKind.NUMBER or kind is FieldKind.FLAG:
-                continue
-            if len(event[index]) > limit:
-                return kind, name
-        return None
-
-    def _received_packet(self, ptype: int, event: Any) -> bool:
-        """Apply a received packet to the state; True if a fatal error was queued."""
-        spec = PACKETS[ptype]  # type: ignore[index]
-        over = self._check_fields(ptype, event)
-        if self.side is Side.SERVER:
-            if spec.direction is Direction.RESPONSE:
-                self._fail(
-                    f"{spec.name} is a response; a server does not accept it",
-                    ErrorCode.INVALID_COMMAND,
-                    b"Command not expected",
-                    fatal=False,
-                )
-                return False
-            if over is not None:
-                kind, name = over
-                self._fail(
-                    f"{spec.name}: {name} longer than its limit",
-                    ErrorCode.ARGUMENT_TOO_LARGE,
-                    _TOO_LARGE_TEXT.get(kind, b"Argument too large"),
-                    fatal=False,
-                )
-                return False
-            return self._server_received(ptype, event)
-        if spec.direction is Direction.REQUEST:
+    def _decode(self, ptype: int, src: bytes, start: int, end: int) -> Any:
+        """Decode one body and check its field lengths; ``None`` if refused."""
+        name = PacketType(ptype).name
+        server = self.side is Side.SERVER
+        try:
+            if end - start < LARGE_BODY:
+                event: Any = decode_body(ptype, src[start:end])
+            else:
+                event = decode_slice(ptype, src, start, end)
+        except ParseError as exc:
             self._fail(
-                f"{spec.name} is a request; a server does not send it",
+                f"malformed {name}: {exc.text.decode()}", exc.code, exc.text, fatal=not server
+            )
+            return None
+        for index, limit, field, kind, _tail in self._checks[ptype]:
+            if kind in _LENGTH_KINDS:
+                length = len(event[index])
+                if length > limit:
+                    self._fail(
+                        f"{name}.{field} is {length} bytes; the limit is {limit}",
+                        ErrorCode.ARGUMENT_TOO_LARGE,
+                        _TOO_LARGE_TEXT[kind],
+                        fatal=not server,
+                    )
+                    return None
+            elif server and kind is FieldKind.NUMBER:
+                length = len(b"%d" % event[index])
+                if length > limit:
+                    self._fail(
+                        f"{name}.{field} has {length} characters; the limit is {limit}",
+                        ErrorCode.ARGUMENT_TOO_LARGE,
+                        _TOO_LARGE_TEXT[kind],
+                        fatal=False,
+                    )
+                    return None
+        return event
+
+    def _slow_request(self, src: bytes, pos: int) -> tuple[int, bool]:
+        """Server side, one packet or line the fast path did not take."""
+        if src[pos] != 0:
+            return self._take_line(src, pos)
+        if len(src) - pos < 12:
+            return pos, False
+        header = self._header(src, pos)
+        if header is None:
+            return pos, False
+        ptype, start, end, magic_ok = header
+        name = PacketType(ptype).name
+        if not magic_ok:
+            # gearmand parses a \0RES packet sent to it and answers INVALID_MAGIC.
+            self._fail(
+                f"{name} sent with the response magic \\0RES; requests use \\0REQ",
+                ErrorCode.INVALID_MAGIC,
+                b"Request magic expected",
+                fatal=False,
+            )
+            return end, False
+        if PACKETS[PacketType(ptype)].direction is Direction.RESPONSE or ptype == _T.UNUSED:
+            self._fail(
+                f"{name} ({ptype}) is not a request; a server does not accept it",
                 ErrorCode.INVALID_COMMAND,
                 b"Command not expected",
-                fatal=True,
+                fatal=False,
             )
-            return True
-        if over is not None:
-            self._fail(
-                f"{spec.name}: {over[1]} longer than its limit",
-                ErrorCode.ARGUMENT_TOO_LARGE,
-                b"Argument too large",
-                fatal=True,
-            )
-            return True
-        return self._client_received(ptype, event)
+            return end, False
+        event = self._decode(ptype, src, start, end)
+        if event is None:
+            return end, False
+        return end, self._request_arrived(ptype, event)
 
-    def _server_received(self, ptype: int, event: Any) -> bool:
-        """A request arrived at a server."""
-        append = self._ready.append
+    def _request_arrived(self, ptype: int, event: Any) -> bool:
         if ptype in _WORK_TYPES:
             handle = event[0]
             if handle not in self._worker_handles:
                 self._fail(
-                    f"{PacketType(ptype).name} for a job not assigned to this connection",
+                    f"{PacketType(ptype).name} for job {handle!r}, which is not assigned"
+                    " to this connection",
                     ErrorCode.JOB_NOT_FOUND,
-                    _NOT_FOUND_TEXT.get(ptype, _NOT_FOUND_DEFAULT),  # type: ignore[call-overload]
+                    _NOT_FOUND_TEXT.get(ptype, _NOT_FOUND_DEFAULT),
                     fatal=False,
                 )
                 return False
             if ptype in _TERMINAL:
                 self._worker_handles.discard(handle)
-            self._push_silent(event, _WORK_ERRORS)
-            append((event, None))
-            return False
-        replies = _REPLIES.get(ptype)  # type: ignore[call-overload]
-        if replies is not None:
-            self._pending.append(_Pending(_K_PACKET, event, replies))
-            if ptype in _GRAB_TYPES:
+            self._push_run(event, _WORK_BIT)
+        elif type(event) in _REPLIES:
+            self._pending.append(event)
+            if type(event) in _GRAB_CLASSES:
                 self._grabs += 1
                 self._sleeping = False
         else:
             if ptype == _T.PRE_SLEEP:
                 self._sleeping = True
-            elif ptype == _T.RESET_ABILITIES:
-                pass
-            self._push_silent(event, _OTHER_ERRORS)
-        append((event, None))
-        return False
+            self._push_run(event, _OTHER_BIT)
+        self._ready.append(event)
+        return True
 
-    def _client_received(self, ptype: int, event: Any) -> bool:
-        """A response arrived at a client or worker."""
+    def _slow_response(self, src: bytes, pos: int) -> tuple[int, bool]:
+        """Client side, one packet or line the fast path did not take."""
+        if src[pos] != 0 or self._listing is not None:
+            return self._take_line(src, pos)
+        if len(src) - pos < 12:
+            return pos, False
+        header = self._header(src, pos)
+        if header is None:
+            return pos, False
+        ptype, start, end, magic_ok = header
+        name = PacketType(ptype).name
+        if not magic_ok:
+            self._fail(
+                f"{name} sent with the request magic \\0REQ by the server", b"", b"", fatal=True
+            )
+            return pos, False
+        if PACKETS[PacketType(ptype)].direction is Direction.REQUEST:
+            self._fail(f"{name} is a request; a server does not send it", b"", b"", fatal=True)
+            return pos, False
+        event = self._decode(ptype, src, start, end)
+        if event is None:
+            return pos, False
+        return end, self._response_arrived(ptype, event)
+
+    def _response_arrived(self, ptype: int, event: Any) -> bool:
         if ptype in _WORK_TYPES:
             handle = event[0]
-            if ptype == _T.WORK_FAIL and handle not in self._client_handles:
+            handles = self._client_handles
+            if ptype == _T.WORK_FAIL and handle not in handles and handle.endswith(b"\0"):
                 # gearmand's exception fallback sends WORK_FAIL "handle\0" (issue #108).
-                stripped = handle[:-1] if handle.endswith(b"\0") else handle
-                if stripped in self._client_handles:
-                    handle = stripped
-                    event = type(event)(stripped)
-            count = self._client_handles.get(handle)
+                if handle[:-1] in handles:
+                    handle = handle[:-1]
+                    event = type(event)(handle)
+            count = handles.get(handle)
             if count is None:
                 if handle in self._finished:
-                    self._ready.append((event, None))
-                    return False
+                    self._ready.append(event)
+                    return True
                 self._fail(
-                    f"{PacketType(ptype).name} for a job this client did not submit",
+                    f"{PacketType(ptype).name} for job {handle!r}, which this connection"
+                    " did not submit in the foreground",
                     ErrorCode.JOB_NOT_FOUND,
-                    b"Unknown job handle",
+                    b"",
                     fatal=False,
                 )
                 return False
             if ptype in _TERMINAL:
                 if count == 1:
-                    del self._client_handles[handle]
+                    del handles[handle]
                     self._remember_finished(handle)
                 else:
-                    self._client_handles[handle] = count - 1
-            self._ready.append((event, None))
-            return False
+                    handles[handle] = count - 1
+            self._ready.append(event)
+            return True
         if ptype == _T.NOOP:
             self._sleeping = False
-            self._ready.append((event, None))
+            self._ready.append(event)
+            return True
+        # Everything else a server sends answers something this side sent.
+        found = self._locate(event, event[0] if ptype == _T.ERROR else None)
+        if type(found) is str:
+            self._fail(f"{found} by the server", b"", b"", fatal=True)
             return False
-        # Everything else a server sends is a reply to something we sent.
-        entry = self._match_reply(ptype, event)
-        if entry is None:
+        request = self._consume(found, event)  # type: ignore[arg-type]
+        if request is not None:
+            self._answers[len(self._ready)] = request
+        self._ready.append(event)
+        return True
+
+    # ----------------------------------------------------------- receive: text
+
+    def _take_line(self, src: bytes, pos: int) -> tuple[int, bool]:
+        limit = self._line_limit
+        newline = src.find(b"\n", pos, pos + limit)
+        if newline < 0:
+            if len(src) - pos >= limit:
+                what = "admin command line" if self.side is Side.SERVER else "admin reply line"
+                self._queue_error(
+                    f"{what} longer than {limit} bytes",
+                    AdminError(b"INVALID_ARGUMENTS", b"Line+too+long")
+                    if self.side is Side.SERVER
+                    else None,
+                    True,
+                )
+            return pos, False
+        raw = src[pos:newline]
+        if self.side is Side.SERVER:
+            line = raw[:-1] if raw[-1:] == b"\r" else raw
+            command = _admin.parse_command(line)
+            self._pending.append(command)
+            self._ready.append(command)
+            return newline + 1, True
+        return newline + 1, self._reply_line(raw)
+
+    def _reply_line(self, raw: bytes) -> bool:
+        """One line of an admin reply arrived at a client; False if an error was queued."""
+        listing = self._listing
+        pending = self._pending
+        if listing is not None:
+            if raw == b"." or raw == b".\r":
+                command = pending.popleft()
+                self._listing = None
+                try:
+                    reply = _admin.parse_listing(type(command), listing)
+                except _admin.AdminParseError as exc:
+                    self._fail(
+                        f"malformed reply to {_describe(command)}: {exc}", b"", b"", fatal=True
+                    )
+                    return False
+                self._answers[len(self._ready)] = command
+                self._ready.append(reply)
+                return True
+            self._listing_size += len(raw) + 1
+            if self._listing_size > self._max_packet:
+                self._fail(
+                    f"admin listing longer than max_packet_size ({self._max_packet} bytes)",
+                    b"",
+                    b"",
+                    fatal=True,
+                )
+                return False
+            listing.append(raw)
+            return True
+        while pending and type(pending[0]) is _Run:
+            pending.popleft()
+        command = pending[0] if pending else None
+        ctype = type(command)
+        if ctype not in _admin.COMMAND_CLASSES:
+            waiting = "nothing" if command is None else _describe(command)
             self._fail(
-                f"{PacketType(ptype).name} received, but no request is waiting for it",
-                ErrorCode.INVALID_COMMAND,
-                b"Unexpected reply",
+                f"admin reply line {raw[:60]!r} received while waiting for {waiting}",
+                b"",
+                b"",
                 fatal=True,
             )
+            return False
+        line = raw[:-1] if raw[-1:] == b"\r" else raw
+        if ctype in _admin.LISTING_COMMANDS and not _admin.is_listing_error(ctype, line):
+            if raw == b"." or raw == b".\r":
+                pending.popleft()
+                self._answers[len(self._ready)] = command
+                self._ready.append(_admin.parse_listing(ctype, []))
+                return True
+            self._listing = [raw]
+            self._listing_size = len(raw) + 1
             return True
-        request = entry.request
-        if entry.kind == _K_PACKET:
-            req_type = _packet_type_of(request)
-            if req_type in _GRAB_TYPES:
-                self._grabs -= 1
-            if ptype == _T.JOB_CREATED and req_type in _FOREGROUND_SUBMITS:
-                handle = event[0]
-                self._client_handles[handle] = self._client_handles.get(handle, 0) + 1
-                self._finished.pop(handle, None)
-            elif ptype in _ASSIGN_TYPES:
-                self._worker_handles.add(event[0])
-        self._ready.append((event, request))
-        return False
+        try:
+            reply = _admin.parse_reply_line(line)
+        except _admin.AdminParseError as exc:
+            self._fail(f"malformed reply to {_describe(command)}: {exc}", b"", b"", fatal=True)
+            return False
+        pending.popleft()
+        self._answers[len(self._ready)] = command
+        self._ready.append(reply)
+        return True
 
-    def _match_reply(self, ptype: int, event: Any) -> _Pending | None:
-        """Pop and return the queue entry that ``event`` (a reply) answers."""
-        pending = self._pending
-        is_error = ptype == _T.ERROR
-        code = event[0] if is_error else None
-        while pending:
-            entry = pending[0]
-            kind = entry.kind
-            if kind == _K_SILENT:
-                if is_error and code in entry.accepts:
-                    entry.count -= 1
-                    if entry.count == 0:
-                        pending.popleft()
-                    return entry
-                pending.popleft()  # no error came for them: they all succeeded
-                continue
-            if kind == _K_PACKET and (is_error or ptype in entry.replies):
-                return pending.popleft()
-            if kind == _K_REJECTED and is_error:
-                return pending.popleft()
-            return None
-        if is_error:
-            # An ERROR with nothing outstanding (a server about to close, say).
-            return _Pending(_K_SILENT, None)
-        return None
+    # ------------------------------------------------------------- reply matching
 
-    def _push_silent(self, event: Any, accepts: frozenset[bytes]) -> None:
+    def _push_run(self, event: Any, mask: int, count: int = 1) -> None:
+        """Queue ``count`` requests without reply, the last being ``event``."""
         pending = self._pending
         if pending:
-            last = pending[-1]
-            if last.kind == _K_SILENT and last.accepts is accepts:
-                last.count += 1
-                last.request = event
+            run = pending[-1]
+            if type(run) is _Run:
+                run.count += count
+                run.mask |= mask
+                run.last = event
                 return
-        pending.append(_Pending(_K_SILENT, event, accepts=accepts))
+        run = _Run(event, mask)
+        run.count = count
+        pending.append(run)
+
+    def _locate(self, reply: Any, code: bytes | None) -> int | str:
+        """Where in the queue the request that ``reply`` (a packet event) answers is.
+
+        Returns its index, ``len(pending)`` for an ERROR that answers nothing
+        (a server may send one before closing), or a message saying why the reply
+        does not fit.  Changes nothing.
+        """
+        pending = self._pending
+        count = len(pending)
+        bits = _CODE_BITS.get(code, 0) if code is not None else 0
+        index = 0
+        while index < count:
+            entry = pending[index]
+            if type(entry) is not _Run:
+                break
+            if bits & entry.mask:
+                return index
+            index += 1
+        what = packet_type(reply).name
+        reply_class = type(reply)
+        if index == count:
+            if code is not None:
+                return index
+            return f"{what} sent, but no request is waiting for a reply"
+        entry = pending[index]
+        entry_class = type(entry)
+        if entry_class is _Owed:
+            if code is None:
+                return f"{what} sent, but an ERROR is owed first for a refused request"
+            return index
+        if entry_class in _admin.COMMAND_CLASSES:
+            return f"{what} sent, but the reply to admin command {_describe(entry)} is due first"
+        if code is None and reply_class not in _REPLIES[entry_class]:
+            return f"{what} sent, but the reply to {_describe(entry)} is due first"
+        return index
+
+    def _consume(self, index: int, reply: Any) -> Any:
+        """Pop the entry at ``index`` (and the runs before it) for ``reply``.
+
+        Updates the handle and worker state and returns the request answered.
+        """
+        pending = self._pending
+        for _ in range(index):
+            pending.popleft()
+        if not pending:
+            return None  # an ERROR that answers nothing
+        entry = pending[0]
+        if type(entry) is _Run:
+            entry.count -= 1
+            if entry.count == 0:
+                pending.popleft()
+            return entry.last
+        pending.popleft()
+        if type(entry) is _Owed:
+            return None
+        request_class = type(entry)
+        if request_class in _GRAB_CLASSES:
+            self._grabs -= 1
+            if type(reply) in _ASSIGN_CLASSES:
+                self._worker_handles.add(reply.handle)
+        elif type(reply) is JobCreated and not _is_background(entry):
+            handle = reply.handle
+            self._client_handles[handle] = self._client_handles.get(handle, 0) + 1
+            self._finished.pop(handle, None)
+        return entry
 
     def _remember_finished(self, handle: bytes) -> None:
         finished = self._finished
@@ -778,106 +1369,43 @@ class Connection:
         if len(finished) > 1024:
             del finished[next(iter(finished))]
 
-    # ----------------------------------------------------------- receive: text
-
-    def _received_line(self, line: bytes) -> bool:
-        """One admin line arrived; True if a fatal error was queued."""
-        if self.side is Side.SERVER:
-            command = _admin.parse_command(line)
-            kind = _K_LISTING if type(command) in _admin.LISTING_COMMANDS else _K_LINE
-            self._pending.append(_Pending(kind, command))
-            self._ready.append((command, None))
-            return False
-        return self._client_line(line)
-
-    def _client_line(self, line: bytes) -> bool:
-        listing = self._listing
-        if listing is not None:
-            if line == b".":
-                self._listing = None
-                entry = self._pending.popleft()
-                try:
-                    reply = _admin.parse_listing(type(entry.request), listing)
-                except _admin.AdminParseError as exc:
-                    self._fail(
-                        f"malformed admin listing: {exc}", b"INVALID_PACKET", b"", fatal=True
-                    )
-                    return True
-                self._ready.append((reply, entry.request))
-                return False
-            self._listing_size += len(line) + 1
-            if self._listing_size > self._max_packet:
-                self._fail(
-                    "admin listing larger than max_packet_size",
-                    b"ARGUMENT_TOO_LARGE",
-                    b"",
-                    fatal=True,
-                )
-                return True
-            listing.append(line)
-            return False
-        pending = self._pending
-        while pending and pending[0].kind == _K_SILENT:
-            pending.popleft()
-        if not pending or pending[0].kind not in (_K_LISTING, _K_LINE):
-            self._fail(
-                f"text line {line[:40]!r} received, but no admin command is waiting",
-                b"INVALID_PACKET",
-                b"",
-                fatal=True,
-            )
-            return True
-        entry = pending[0]
-        is_error_line = (
-            line.startswith(b"ERR ") and type(entry.request) is not _admin.ShowUniqueJobs
-        )
-        if entry.kind == _K_LISTING and not is_error_line:
-            if line == b".":
-                pending.popleft()
-                reply = _admin.parse_listing(type(entry.request), [])
-                self._ready.append((reply, entry.request))
-                return False
-            self._listing = [line]
-            self._listing_size = len(line) + 1
-            return False
-        pending.popleft()
-        try:
-            reply = _admin.parse_reply_line(line)
-        except _admin.AdminParseError as exc:
-            self._fail(f"malformed admin reply: {exc}", b"INVALID_PACKET", b"", fatal=True)
-            return True
-        self._ready.append((reply, entry.request))
-        return False
-
     # ----------------------------------------------------------------------- send
 
     def send(self, event: PacketEvent | AdminCommand | AdminReply) -> bytes:
         """The bytes to write for ``event``; updates the state.
 
+        A server may still send :class:`~gearproto.events.Error` and
+        :class:`~gearproto.admin.AdminError` after a fatal error (the error's
+        ``hint``), to tell the peer why it is being disconnected.
+
         Raises:
             LocalProtocolError: ``event`` may not be sent now from this side, or a
                 field is invalid.  Nothing changed and nothing must be written.
         """
-        if self._state is ConnectionState.ERROR:
-            raise LocalProtocolError("the connection is in an error state")
-        cls = type(event)
-        if cls in EVENT_CLASSES_SET:
+        if type(event) in _EVENT_CLASS_SET:
+            if self._state is not ConnectionState.OPEN and not self._farewell(event):
+                raise LocalProtocolError(f"cannot send on a connection that is {self._state.value}")
             self._before_send_packet(event)
             return encode(event, self._our_magic)  # type: ignore[arg-type]
+        if self._state is not ConnectionState.OPEN and not self._farewell(event):
+            raise LocalProtocolError(f"cannot send on a connection that is {self._state.value}")
         return self._send_text(event)
 
     def send_parts(self, event: PacketEvent | AdminCommand | AdminReply) -> list[bytes]:
         """Like :meth:`send`, but a packet's payload is a separate, uncopied chunk.
 
-        Write the chunks in order (``writelines``, ``sendmsg``); useful for
-        multi-megabyte payloads.
+        Write the chunks in order (``writelines``, ``sendmsg``); for multi-megabyte
+        payloads this saves copying the payload into one joined ``bytes``.
+
+        Raises:
+            LocalProtocolError: as :meth:`send`.
         """
-        if self._state is ConnectionState.ERROR:
-            raise LocalProtocolError("the connection is in an error state")
-        if type(event) in EVENT_CLASSES_SET:
+        if type(event) in _EVENT_CLASS_SET:
+            if self._state is not ConnectionState.OPEN and not self._farewell(event):
+                raise LocalProtocolError(f"cannot send on a connection that is {self._state.value}")
             self._before_send_packet(event)
             return encode_parts(event, self._our_magic)  # type: ignore[arg-type]
-        return [self._send_text(event)]
+        return [self.send(event)]
 
     def send_failed(self) -> None:
         """Tell the core that bytes it produced could not be written.
@@ -886,38 +1414,62 @@ class Connection:
         the error state and must be closed.
         """
         self._state = ConnectionState.ERROR
+        self._dead = True
         if self._error is None:
             self._error = RemoteProtocolError("a write to the peer failed")
+
+    def _farewell(self, event: Any) -> bool:
+        """True for the last ERROR a server may send before closing a failed connection."""
+        if self._state is not ConnectionState.ERROR or self.side is not Side.SERVER:
+            return False
+        return type(event) is Error or type(event) is AdminError
 
     def _send_text(self, event: Any) -> bytes:
         cls = type(event)
         if self.side is Side.CLIENT:
-            if cls not in _ADMIN_COMMANDS:
-                raise LocalProtocolError(f"a client cannot send {cls.__name__}")
+            if cls not in _admin.COMMAND_CLASSES or cls is _admin.AdminBadCommand:
+                raise LocalProtocolError(
+                    f"a client sends packet events and admin commands, not {cls.__name__}"
+                )
             data = _admin.format_command(event)
-            if len(data) > self._max_line:
-                raise LocalProtocolError(f"admin line longer than {self._max_line} bytes")
-            kind = _K_LISTING if cls in _admin.LISTING_COMMANDS else _K_LINE
-            self._pending.append(_Pending(kind, event))
+            if len(data) > self.limits.max_line:
+                raise LocalProtocolError(
+                    f"admin line of {len(data)} bytes; the limit is {self.limits.max_line}"
+                )
+            self._pending.append(event)
             return data
         if cls not in _ADMIN_REPLIES:
-            raise LocalProtocolError(f"a server cannot send {cls.__name__}")
+            raise LocalProtocolError(
+                f"a server sends packet events and admin replies, not {cls.__name__}"
+            )
+        if self._state is not ConnectionState.OPEN:
+            return _admin.format_reply(event)
         pending = self._pending
         index = 0
-        while index < len(pending) and pending[index].kind == _K_SILENT:
+        while index < len(pending) and type(pending[index]) is _Run:
             index += 1
-        if index == len(pending) or pending[index].kind not in (_K_LISTING, _K_LINE):
+        if index == len(pending):
             raise LocalProtocolError(f"{cls.__name__} sent, but no admin command is waiting")
         entry = pending[index]
-        listing_reply = cls is not _admin.AdminOk and cls is not AdminError
-        if listing_reply and (
-            entry.kind != _K_LISTING or _LISTING_FOR[cls] is not type(entry.request)
-        ):
+        etype = type(entry)
+        if etype is _Owed:
+            if cls is not AdminError:
+                raise LocalProtocolError(
+                    f"{cls.__name__} sent, but an error is owed first for a refused request"
+                )
+        elif etype not in _admin.COMMAND_CLASSES:
             raise LocalProtocolError(
-                f"{cls.__name__} does not answer {type(entry.request).__name__}"
+                f"{cls.__name__} sent, but the reply to {_describe(entry)} is due first"
             )
-        if cls is _admin.AdminOk and entry.kind == _K_LISTING:
-            raise LocalProtocolError(f"AdminOk does not answer {type(entry.request).__name__}")
+        elif cls is not AdminError:
+            expected = _admin.REPLY_FOR.get(etype, _admin.AdminOk)
+            if etype is _admin.AdminBadCommand:
+                expected = AdminError
+            if cls is not expected:
+                raise LocalProtocolError(
+                    f"{cls.__name__} does not answer {etype.__name__}"
+                    f" (send {expected.__name__} or AdminError)"
+                )
         data = _admin.format_reply(event)
         for _ in range(index + 1):
             pending.popleft()
@@ -925,19 +1477,26 @@ class Connection:
 
     def _validate(self, ptype: PacketType, event: Any) -> None:
         """Check the fields of an event about to be sent."""
+        server = self.side is Side.SERVER
         for index, limit, name, kind, is_tail in self._checks[ptype]:
             value = event[index]
             if kind is FieldKind.NUMBER:
-                if type(value) is not int or value < 0:
+                if type(value) is not int:
                     raise LocalProtocolError(
-                        f"{ptype.name}.{name} must be a non-negative int, not {value!r}"
+                        f"{ptype.name}.{name} must be an int, not {type(value).__name__}"
                     )
-                if len(b"%d" % value) > limit:
-                    raise LocalProtocolError(f"{ptype.name}.{name} has more than {limit} digits")
+                digits = len(b"%d" % value)
+                allowed = max(limit, _MAX_RELAYED_NUMBER) if server else limit
+                if digits > allowed:
+                    raise LocalProtocolError(
+                        f"{ptype.name}.{name} has {digits} characters; the limit is {allowed}"
+                    )
                 continue
             if kind is FieldKind.FLAG:
                 if type(value) is not bool:
-                    raise LocalProtocolError(f"{ptype.name}.{name} must be a bool")
+                    raise LocalProtocolError(
+                        f"{ptype.name}.{name} must be a bool, not {type(value).__name__}"
+                    )
                 continue
             if type(value) is not bytes:
                 raise LocalProtocolError(
@@ -948,20 +1507,26 @@ class Connection:
                     f"{ptype.name}.{name} is {len(value)} bytes; the limit is {limit}"
                 )
             if not is_tail and b"\0" in value:
-                raise LocalProtocolError(f"{ptype.name}.{name} must not contain NUL bytes")
+                raise LocalProtocolError(
+                    f"{ptype.name}.{name} contains a NUL byte, which would end the field"
+                )
 
     def _before_send_packet(self, event: Any) -> None:
         cls = type(event)
         if cls is SubmitJob:
-            if event.priority not in (0, 1, 2):
-                raise LocalProtocolError(f"invalid priority {event.priority!r}")
-            if type(event.background) is not bool:
-                raise LocalProtocolError("SubmitJob.background must be a bool")
-        elif cls is SubmitReduceJob and type(event.background) is not bool:
-            raise LocalProtocolError("SubmitReduceJob.background must be a bool")
-        ptype, fields = _event_fields(event)
+            priority = event.priority
+            if type(priority) is bool or priority not in (0, 1, 2):
+                raise LocalProtocolError(
+                    f"SubmitJob.priority must be a Priority (0, 1 or 2), not {priority!r}"
+                )
+        if (cls is SubmitJob or cls is SubmitReduceJob) and type(event.background) is not bool:
+            raise LocalProtocolError(
+                f"{cls.__name__}.background must be a bool, not {event.background!r}"
+            )
+        ptype = packet_type(event)
         spec = PACKETS[ptype]
         self._validate(ptype, event)
+        fields = event_fields(event)[1]
         size = sum(len(f) for f in fields) + max(len(fields) - 1, 0)
         if size > self._max_packet:
             raise LocalProtocolError(
@@ -969,11 +1534,11 @@ class Connection:
             )
         if self.side is Side.CLIENT:
             if spec.direction is Direction.RESPONSE:
-                raise LocalProtocolError(f"{ptype.name} is sent by servers only")
+                raise LocalProtocolError(f"{ptype.name} is sent by servers, not by clients")
             self._client_sending(ptype, event)
         else:
             if spec.direction is Direction.REQUEST:
-                raise LocalProtocolError(f"{ptype.name} is sent to servers only")
+                raise LocalProtocolError(f"{ptype.name} is sent to servers, not by them")
             self._server_sending(ptype, event)
 
     def _client_sending(self, ptype: PacketType, event: Any) -> None:
@@ -981,22 +1546,22 @@ class Connection:
             handle = event[0]
             if handle not in self._worker_handles:
                 raise LocalProtocolError(
-                    f"{ptype.name} for {handle!r}, which is not assigned to this worker"
+                    f"{ptype.name} for job {handle!r}, which is not assigned to this worker"
                 )
             if ptype in _TERMINAL:
                 self._worker_handles.discard(handle)
-            self._push_silent(event, _WORK_ERRORS)
+            self._push_run(event, _WORK_BIT)
             return
-        replies = _REPLIES.get(ptype)
-        if replies is not None:
-            self._pending.append(_Pending(_K_PACKET, event, replies))
-            if ptype in _GRAB_TYPES:
+        cls = type(event)
+        if cls in _REPLIES:
+            self._pending.append(event)
+            if cls in _GRAB_CLASSES:
                 self._grabs += 1
                 self._sleeping = False
             return
         if ptype == _T.PRE_SLEEP:
             self._sleeping = True
-        self._push_silent(event, _OTHER_ERRORS)
+        self._push_run(event, _OTHER_BIT)
 
     def _server_sending(self, ptype: PacketType, event: Any) -> None:
         if ptype in _WORK_TYPES:
@@ -1004,7 +1569,8 @@ class Connection:
             count = self._client_handles.get(handle)
             if count is None:
                 raise LocalProtocolError(
-                    f"{ptype.name} for {handle!r}: this peer is not a client of that job"
+                    f"{ptype.name} for job {handle!r}: this peer is not waiting for that job"
+                    " (no foreground submission of it, or it already ended)"
                 )
             if ptype in _TERMINAL:
                 if count == 1:
@@ -1013,52 +1579,14 @@ class Connection:
                     self._client_handles[handle] = count - 1
             return
         if ptype == _T.NOOP:
+            self._sleeping = False
             return
-        pending = self._pending
-        index = 0
-        is_error = ptype == _T.ERROR
-        while index < len(pending):
-            entry = pending[index]
-            if entry.kind != _K_SILENT:
-                break
-            if is_error and event.code in entry.accepts:
-                break
-            index += 1
-        if index == len(pending):
-            if is_error:
-                # An ERROR nothing asked for, e.g. before closing an idle connection.
-                for _ in range(index):
-                    pending.popleft()
-                return
-            raise LocalProtocolError(f"{ptype.name} sent, but no request is waiting for it")
-        entry = pending[index]
-        if entry.kind == _K_SILENT:
-            for _ in range(index):
-                pending.popleft()
-            entry.count -= 1
-            if entry.count == 0:
-                pending.popleft()
-            return
-        if entry.kind in (_K_LISTING, _K_LINE):
-            raise LocalProtocolError(f"{ptype.name} sent, but an admin reply is due first")
-        if entry.kind == _K_REJECTED and not is_error:
-            raise LocalProtocolError(f"{ptype.name} sent, but an ERROR is due first")
-        if entry.kind == _K_PACKET and not is_error and ptype not in entry.replies:
-            raise LocalProtocolError(
-                f"{ptype.name} does not answer {_packet_type_of(entry.request).name}"
-            )
-        for _ in range(index + 1):
-            pending.popleft()
-        if entry.kind != _K_PACKET:
-            return
-        req_type = _packet_type_of(entry.request)
-        if req_type in _GRAB_TYPES:
-            self._grabs -= 1
-        if ptype == _T.JOB_CREATED and req_type in _FOREGROUND_SUBMITS:
-            handle = event.handle
-            self._client_handles[handle] = self._client_handles.get(handle, 0) + 1
-        elif ptype in _ASSIGN_TYPES:
-            self._worker_handles.add(event.handle)
+        if self._state is not ConnectionState.OPEN:
+            return  # the farewell ERROR after a fatal error answers nothing
+        found = self._locate(event, event.code if ptype == _T.ERROR else None)
+        if type(found) is str:
+            raise LocalProtocolError(found)
+        self._consume(found, event)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ server helpers
 
@@ -1074,38 +1602,10 @@ class Connection:
         self._client_handles.pop(handle, None)
 
 
-EVENT_CLASSES_SET: frozenset[type[Any]] = frozenset(EVENT_CLASSES.values())
-_ADMIN_COMMANDS: frozenset[type[Any]] = frozenset(
-    {
-        _admin.Workers,
-        _admin.Status,
-        _admin.PriorityStatus,
-        _admin.MaxQueue,
-        _admin.ShowJobs,
-        _admin.ShowUniqueJobs,
-        _admin.CancelJob,
-        _admin.CreateFunction,
-        _admin.DropFunction,
-        _admin.GetPid,
-        _admin.Verbose,
-        _admin.Version,
-        _admin.Shutdown,
-    }
-)
-_LISTING_FOR: dict[type[Any], type[Any]] = {
-    _admin.WorkersReply: _admin.Workers,
-    _admin.StatusReply: _admin.Status,
-    _admin.PriorityStatusReply: _admin.PriorityStatus,
-    _admin.ShowJobsReply: _admin.ShowJobs,
-    _admin.ShowUniqueJobsReply: _admin.ShowUniqueJobs,
+_EVENT_CLASS_SET: frozenset[type[Any]] = frozenset(EVENT_CLASSES.values())
+# Kept under its old name for code that imported it.
+EVENT_CLASSES_SET = _EVENT_CLASS_SET
+_ADMIN_REPLIES: frozenset[type[Any]] = frozenset(_admin.REPLY_FOR.values()) | {
+    _admin.AdminOk,
+    AdminError,
 }
-_ADMIN_REPLIES: frozenset[type[Any]] = frozenset(_LISTING_FOR) | {_admin.AdminOk, AdminError}
-
-
-def _packet_type_of(event: Any) -> PacketType:
-    from .events import packet_type
-
-    return packet_type(event)
-
-
-__all__ += ["ProtocolError"]

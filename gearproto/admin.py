@@ -22,12 +22,16 @@ from .errors import LocalProtocolError
 from .events import _event
 
 __all__ = [
+    "COMMAND_CLASSES",
     "LISTING_COMMANDS",
+    "MAX_TOKENS",
     "MUTATING_COMMANDS",
+    "REPLY_FOR",
     "AdminBadCommand",
     "AdminCommand",
     "AdminError",
     "AdminOk",
+    "AdminParseError",
     "AdminReply",
     "CancelJob",
     "CreateFunction",
@@ -53,6 +57,7 @@ __all__ = [
     "WorkersReply",
     "format_command",
     "format_reply",
+    "is_listing_error",
     "parse_command",
     "parse_listing",
     "parse_reply_line",
@@ -63,8 +68,8 @@ __all__ = [
 MAX_TOKENS = 5
 
 
-class AdminParseError(Exception):
-    """A reply that does not have the format its command calls for."""
+class AdminParseError(ValueError):
+    """An admin reply that does not have the format its command calls for."""
 
 
 # ------------------------------------------------------------------------- commands
@@ -404,16 +409,6 @@ def tokenize(line: bytes) -> list[bytes]:
             return tokens
 
 
-_PLAIN = re.compile(rb"[\x21-\x24\x26-\x7e]*")
-
-
-def _printable(token: bytes) -> bytes:
-    """Escape what must not be echoed into a reply line (controls, non-ASCII, ``%``)."""
-    if _PLAIN.fullmatch(token):
-        return token
-    return b"".join(bytes([c]) if 0x21 <= c <= 0x7E and c != 0x25 else b"%%%02X" % c for c in token)
-
-
 def _c_string(token: bytes) -> bytes:
     """gearmand reads tokens as C strings: a NUL ends them."""
     nul = token.find(b"\0")
@@ -425,9 +420,7 @@ def _bad(tokens: list[bytes], reply: AdminError) -> AdminBadCommand:
 
 
 def _unknown(tokens: list[bytes], name: bytes) -> AdminBadCommand:
-    return _bad(
-        tokens, AdminError(b"UNKNOWN_COMMAND", b"Unknown+server+command" + _printable(name))
-    )
+    return _bad(tokens, AdminError(b"UNKNOWN_COMMAND", b"Unknown+server+command" + name))
 
 
 def _bad_args(tokens: list[bytes], name: bytes) -> AdminBadCommand:
@@ -435,25 +428,35 @@ def _bad_args(tokens: list[bytes], name: bytes) -> AdminBadCommand:
         tokens,
         AdminError(
             b"INVALID_ARGUMENTS",
-            b"An+incomplete+set+of+arguments+was+sent+to+this+command+" + _printable(name),
+            b"An+incomplete+set+of+arguments+was+sent+to+this+command+" + name,
         ),
     )
 
 
 def _atoi(raw: bytes) -> int:
-    value = parse_int(raw)
-    # gearmand stores the result of atoi() in an int.
-    return max(min(value, 0x7FFFFFFF), -0x80000000)
+    """C's ``atoi`` on a 64-bit Linux: ``strtol`` saturates, then the cast to int wraps."""
+    value = max(min(parse_int(raw), (1 << 63) - 1), -(1 << 63))
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def parse_command(line: bytes) -> AdminCommand:
     """Read one admin line (without ``\\n`` and its optional ``\\r``) as a server does.
 
-    The grammar, case-insensitive command words and argument counts are gearmand's.
-    A line gearmand would refuse becomes :class:`AdminBadCommand` carrying the reply
-    gearmand sends, with two deliberate differences: bytes that cannot appear in a
-    reply line are escaped as ``%XX`` when echoed, and a line of more than five tokens
-    is answered with ``ERR INVALID_ARGUMENTS`` instead of closing the connection.
+    The grammar, case-insensitive command words and argument counts are gearmand's
+    (1.1.20, ``libgearman-server/text.cc``).  A line gearmand would refuse becomes
+    :class:`AdminBadCommand` carrying the exact reply gearmand sends, with two
+    deliberate differences: a line of more than five tokens is answered with
+    ``ERR INVALID_ARGUMENTS`` (gearmand closes the connection without a word), and
+    ``create function`` with an empty name is refused (gearmand computes a negative
+    length).  Names are passed on as sent; gearmand's ``create function`` quirk of
+    dropping the last character of a LF-terminated line is not reproduced.
+
+    Args:
+        line: one line, without its ``\n`` and without one trailing ``\r``.
+
+    Returns:
+        The command, or :class:`AdminBadCommand` with the reply to send.
     """
     tokens = tokenize(line)
     words = [_c_string(t) for t in tokens]
@@ -469,7 +472,7 @@ def parse_command(line: bytes) -> AdminCommand:
     if verb == b"prioritystatus":
         return PriorityStatus()
     if verb == b"cancel" and argc >= 3:
-        if argc == 3 and words[1].lower() == b"job" and words[2]:
+        if argc == 3 and words[1].lower() == b"job":
             return CancelJob(words[2])
         return _bad(tokens, AdminError(b"UNKNOWN_ERROR"))
     if verb == b"show" and argc >= 2:
@@ -478,12 +481,16 @@ def parse_command(line: bytes) -> AdminCommand:
         if argc == 2 and words[1].lower() == b"jobs":
             return ShowJobs()
         return _bad(tokens, AdminError(b"UNKNOWN_SHOW_ARGUMENTS"))
-    if verb in (b"create", b"drop"):
+    if verb == b"create":
         if argc == 3 and words[1].lower() == b"function" and words[2]:
-            return CreateFunction(words[2]) if verb == b"create" else DropFunction(words[2])
+            return CreateFunction(words[2])
+        return _bad_args(tokens, name)
+    if verb == b"drop":
+        if argc == 3 and words[1].lower() == b"function":
+            return DropFunction(words[2])
         return _bad_args(tokens, name)
     if verb == b"maxqueue":
-        if argc == 1 or not words[1]:
+        if argc == 1:
             return _bad_args(tokens, name)
         return MaxQueue(words[1], tuple(_atoi(w) for w in words[2:]))
     if verb == b"getpid":
@@ -504,154 +511,195 @@ def parse_command(line: bytes) -> AdminCommand:
 # --------------------------------------------------------------------- reply format
 
 
-def _check_cell(value: bytes, what: str, forbidden: bytes) -> bytes:
-    if not isinstance(value, bytes):
+def _bytes(value: object, what: str) -> bytes:
+    if type(value) is not bytes:
         raise LocalProtocolError(f"{what} must be bytes, not {type(value).__name__}")
-    for c in forbidden:
-        if c in value:
-            raise LocalProtocolError(f"{what} {value!r} contains {bytes([c])!r}")
     return value
 
 
-_LINE_BREAKS = b"\r\n"
-_ROW_BREAKS = b"\r\n\t"
+def _no_newline(value: object, what: str) -> bytes:
+    cell = _bytes(value, what)
+    if b"\n" in cell:
+        raise LocalProtocolError(f"{what} {cell[:60]!r} contains a newline, which ends a line")
+    return cell
 
 
-def _u(value: int, what: str) -> bytes:
-    if not isinstance(value, int) or value < 0:
-        raise LocalProtocolError(f"{what} must be a non-negative int")
+def _count(value: object, what: str) -> bytes:
+    if type(value) is not int or value < 0:
+        raise LocalProtocolError(f"{what} must be a non-negative int, not {value!r}")
     return b"%d" % value
 
 
 def _status_row(row: StatusRow) -> bytes:
     return b"%s\t%s\t%s\t%s\n" % (
-        _check_cell(row.function, "function", _ROW_BREAKS),
-        _u(row.total, "total"),
-        _u(row.running, "running"),
-        _u(row.workers, "workers"),
+        _no_newline(row.function, "StatusRow.function"),
+        _count(row.total, "StatusRow.total"),
+        _count(row.running, "StatusRow.running"),
+        _count(row.workers, "StatusRow.workers"),
     )
 
 
 def _priority_row(row: PriorityStatusRow) -> bytes:
     return b"%s\t%s\t%s\t%s\t%s\n" % (
-        _check_cell(row.function, "function", _ROW_BREAKS),
-        _u(row.high, "high"),
-        _u(row.normal, "normal"),
-        _u(row.low, "low"),
-        _u(row.workers, "workers"),
+        _no_newline(row.function, "PriorityStatusRow.function"),
+        _count(row.high, "PriorityStatusRow.high"),
+        _count(row.normal, "PriorityStatusRow.normal"),
+        _count(row.low, "PriorityStatusRow.low"),
+        _count(row.workers, "PriorityStatusRow.workers"),
     )
 
 
 def _worker_row(row: WorkerRow) -> bytes:
-    parts = [
-        b"%d %s %s :"
-        % (
-            row.fd,
-            _check_cell(row.address, "address", _LINE_BREAKS + b" "),
-            _check_cell(row.client_id, "client id", _LINE_BREAKS + b" "),
+    if type(row.fd) is not int:
+        raise LocalProtocolError(f"WorkerRow.fd must be an int, not {row.fd!r}")
+    address = _no_newline(row.address, "WorkerRow.address")
+    if b" " in address or not address:
+        raise LocalProtocolError(f"WorkerRow.address {address!r} must be one non-empty word")
+    client_id = _no_newline(row.client_id, "WorkerRow.client_id")
+    # The id ends at the first lone ":" after it; one inside it would cut it short.
+    if b":" in client_id.split(b" ")[1:]:
+        raise LocalProtocolError(
+            f"WorkerRow.client_id {client_id!r} contains ' :', which ends the id in a workers row"
         )
-    ]
-    parts.extend(b" " + _check_cell(f, "function", _LINE_BREAKS) for f in row.functions)
+    if type(row.functions) is not tuple:
+        raise LocalProtocolError("WorkerRow.functions must be a tuple of bytes")
+    parts = [b"%d %s %s :" % (row.fd, address, client_id)]
+    parts.extend(b" " + _no_newline(f, "WorkerRow function") for f in row.functions)
     parts.append(b"\n")
     return b"".join(parts)
 
 
 def _job_row(row: JobRow) -> bytes:
     return b"%s\t%s\t%d\t%d\n" % (
-        _check_cell(row.handle, "handle", _ROW_BREAKS),
-        _u(row.retries, "retries"),
+        _no_newline(row.handle, "JobRow.handle"),
+        _count(row.retries, "JobRow.retries"),
         bool(row.ignored),
         bool(row.queued),
     )
 
 
+def _unique_row(unique: object) -> bytes:
+    cell = _no_newline(unique, "unique")
+    if cell == b"." or cell == b".\r":
+        raise LocalProtocolError(f"a unique id of {cell!r} would end the listing")
+    return cell + b"\n"
+
+
 def format_reply(reply: AdminReply) -> bytes:
     """The bytes a server sends for ``reply``, exactly as gearmand formats them.
 
+    Listings are rows ending in ``\\n`` and a final ``.\\n``; ``OK`` and ``ERR``
+    lines end in ``\\r\\n``, ``OK <value>`` lines in ``\\n`` alone.
+
     Raises:
-        LocalProtocolError: a cell would break the listing (a line break in any
-            cell, a tab in a tab-separated cell, a space in a worker row's id).
+        LocalProtocolError: a cell would break the reply: a newline anywhere, a
+            unique of ``.`` (it would end the listing), an ``OK`` value ending in
+            ``\\r`` (a client strips it), a space or an empty error code, a worker
+            row whose client id holds a lone ``:`` word, a negative count.
     """
-    match reply:
-        case AdminOk(value=None):
+    cls = type(reply)
+    if cls is AdminOk:
+        value = reply.value  # type: ignore[union-attr]
+        if value is None:
             return b"OK\r\n"
-        case AdminOk(value=bytes() as value):
-            return b"OK " + _check_cell(value, "OK value", _LINE_BREAKS) + b"\n"
-        case AdminError(code=code, text=text):
-            _check_cell(code, "error code", _LINE_BREAKS + b" ")
-            if not code:
-                raise LocalProtocolError("an ERR line needs a code")
-            _check_cell(text, "error text", _LINE_BREAKS)
-            return b"ERR " + code + (b" " + text if text else b"") + b"\r\n"
-        case StatusReply(rows=rows):
-            return b"".join([_status_row(r) for r in rows]) + b".\n"
-        case PriorityStatusReply(rows=rows):
-            return b"".join([_priority_row(r) for r in rows]) + b".\n"
-        case WorkersReply(rows=rows):
-            return b"".join([_worker_row(r) for r in rows]) + b".\n"
-        case ShowJobsReply(rows=rows):
-            return b"".join([_job_row(r) for r in rows]) + b".\n"
-        case ShowUniqueJobsReply(uniques=uniques):
-            cells = [_check_cell(u, "unique", _LINE_BREAKS) for u in uniques]
-            for cell in cells:
-                if cell == b".":
-                    raise LocalProtocolError("a unique id of '.' would end the listing")
-            return b"".join([c + b"\n" for c in cells]) + b".\n"
-    raise LocalProtocolError(f"{type(reply).__name__} is not an admin reply")
+        value = _no_newline(value, "AdminOk.value")
+        if value.endswith(b"\r"):
+            raise LocalProtocolError(f"AdminOk.value {value!r} ends in CR, which a client strips")
+        return b"OK " + value + b"\n"
+    if cls is AdminError:
+        code = _no_newline(reply.code, "AdminError.code")  # type: ignore[union-attr]
+        if not code or b" " in code:
+            raise LocalProtocolError(f"AdminError.code {code!r} must be one non-empty word")
+        text = _no_newline(reply.text, "AdminError.text")  # type: ignore[union-attr]
+        return b"ERR " + code + (b" " + text if text else b"") + b"\r\n"
+    if cls is StatusReply:
+        return b"".join([_status_row(r) for r in reply.rows]) + b".\n"  # type: ignore[union-attr,arg-type]
+    if cls is PriorityStatusReply:
+        return b"".join([_priority_row(r) for r in reply.rows]) + b".\n"  # type: ignore[union-attr,arg-type]
+    if cls is WorkersReply:
+        return b"".join([_worker_row(r) for r in reply.rows]) + b".\n"  # type: ignore[union-attr,arg-type]
+    if cls is ShowJobsReply:
+        return b"".join([_job_row(r) for r in reply.rows]) + b".\n"  # type: ignore[union-attr,arg-type]
+    if cls is ShowUniqueJobsReply:
+        return b"".join([_unique_row(u) for u in reply.uniques]) + b".\n"  # type: ignore[union-attr]
+    raise LocalProtocolError(f"{cls.__name__} is not an admin reply")
 
 
 # ---------------------------------------------------------------------- reply parse
 
 
-def _int(raw: bytes) -> int:
+def _int(raw: bytes, what: str, row: bytes) -> int:
     if not raw.isdigit():
-        raise AdminParseError(f"expected a number, got {raw!r}")
+        raise AdminParseError(f"{what} must be a number in {row[:80]!r}")
     return int(raw)
 
 
+def _cells(row: bytes, count: int, what: str) -> list[bytes]:
+    # The first column (a function name or handle) may itself hold tabs, so split
+    # from the right; a client-side CR before the LF is tolerated.
+    cells = (row[:-1] if row.endswith(b"\r") else row).rsplit(b"\t", count - 1)
+    if len(cells) != count:
+        raise AdminParseError(f"{what} row needs {count} tab-separated columns: {row[:80]!r}")
+    return cells
+
+
 def _parse_status_row(row: bytes) -> StatusRow:
-    cells = row.rsplit(b"\t", 3)
-    if len(cells) != 4:
-        raise AdminParseError(f"status row needs 4 columns: {row!r}")
-    return StatusRow(cells[0], _int(cells[1]), _int(cells[2]), _int(cells[3]))
+    f, total, running, workers = _cells(row, 4, "status")
+    return StatusRow(
+        f,
+        _int(total, "total", row),
+        _int(running, "running", row),
+        _int(workers, "workers", row),
+    )
 
 
 def _parse_priority_row(row: bytes) -> PriorityStatusRow:
-    cells = row.rsplit(b"\t", 4)
-    if len(cells) != 5:
-        raise AdminParseError(f"prioritystatus row needs 5 columns: {row!r}")
+    f, high, normal, low, workers = _cells(row, 5, "prioritystatus")
     return PriorityStatusRow(
-        cells[0], _int(cells[1]), _int(cells[2]), _int(cells[3]), _int(cells[4])
+        f,
+        _int(high, "high", row),
+        _int(normal, "normal", row),
+        _int(low, "low", row),
+        _int(workers, "workers", row),
     )
 
 
 def _parse_worker_row(row: bytes) -> WorkerRow:
+    # <fd> <address> <client-id> :[ <function>]...; the id ends at the first lone
+    # ":" after the three leading columns.  Function names are split on spaces.
     words = row.split(b" ")
-    # <fd> <address> <client-id> : [functions]; the ":" is the first lone colon
-    # after the three leading columns.
     try:
         colon = words.index(b":", 3)
     except ValueError:
-        raise AdminParseError(f"workers row without ' :': {row!r}") from None
-    fd_text = words[0]
-    fd = int(fd_text) if fd_text.lstrip(b"-").isdigit() else None
-    if fd is None:
-        raise AdminParseError(f"workers row must start with a number: {row!r}")
-    return WorkerRow(fd, words[1], b" ".join(words[2:colon]), tuple(words[colon + 1 :]))
+        raise AdminParseError(
+            f"workers row without ' :' after three columns: {row[:80]!r}"
+        ) from None
+    fd = words[0]
+    if not fd.lstrip(b"-").isdigit() or fd.count(b"-") > 1 or (b"-" in fd and fd[0] != 0x2D):
+        raise AdminParseError(f"workers row must start with a file descriptor: {row[:80]!r}")
+    return WorkerRow(int(fd), words[1], b" ".join(words[2:colon]), tuple(words[colon + 1 :]))
 
 
 def _parse_job_row(row: bytes) -> JobRow:
-    cells = row.rsplit(b"\t", 3)
-    if len(cells) != 4:
-        raise AdminParseError(f"show jobs row needs 4 columns: {row!r}")
-    return JobRow(cells[0], _int(cells[1]), _int(cells[2]) != 0, _int(cells[3]) != 0)
+    handle, retries, ignored, queued = _cells(row, 4, "show jobs")
+    return JobRow(
+        handle,
+        _int(retries, "retries", row),
+        _int(ignored, "ignored", row) != 0,
+        _int(queued, "queued", row) != 0,
+    )
 
 
 def parse_listing(command: type[Any], rows: list[bytes]) -> AdminReply:
-    """Build the reply to a listing ``command`` from its rows (without the ``.``).
+    """Build the reply to listing ``command`` from its rows.
+
+    Args:
+        command: the command class (:class:`Status`, :class:`Workers`, ...).
+        rows: the rows without their ``\\n`` (and without the final ``.``).
 
     Raises:
         AdminParseError: a row does not have the command's format.
+        TypeError: ``command`` is not answered by a listing.
     """
     if command is Status:
         return StatusReply(tuple(_parse_status_row(r) for r in rows))
@@ -667,7 +715,10 @@ def parse_listing(command: type[Any], rows: list[bytes]) -> AdminReply:
 
 
 def parse_reply_line(line: bytes) -> AdminOk | AdminError:
-    """Read a one-line reply (``OK``, ``OK <value>`` or ``ERR ...``, no line ending).
+    """Read a one-line reply: ``OK``, ``OK <value>`` or ``ERR <code> [<text>]``.
+
+    Args:
+        line: the line without its ``\\n`` and without one trailing ``\\r``.
 
     Raises:
         AdminParseError: the line is neither ``OK`` nor ``ERR``.
@@ -679,4 +730,52 @@ def parse_reply_line(line: bytes) -> AdminOk | AdminError:
     if line.startswith(b"ERR "):
         code, _, text = line[4:].partition(b" ")
         return AdminError(code, text)
-    raise AdminParseError(f"expected OK or ERR, got {line[:80]!r}")
+    raise AdminParseError(f"expected an OK or ERR line, got {line[:80]!r}")
+
+
+_UNIQUE_LISTING_ERROR = re.compile(rb"ERR [A-Z][A-Z0-9_]*(?: [^ \t]*)?")
+
+
+def is_listing_error(command: type[Any], line: bytes) -> bool:
+    """Whether ``line``, the first line of the reply to listing ``command``, is an ERR line.
+
+    Rows of ``status``, ``prioritystatus`` and ``show jobs`` always hold tabs and
+    ``workers`` rows start with a number, so an ``ERR`` line is told apart exactly.
+    A ``show unique jobs`` row is a bare unique id, which may itself read like
+    ``ERR CODE``: such a first row is taken for an error (a rare unique, against a
+    reply that would otherwise swallow every later reply).
+    """
+    if not line.startswith(b"ERR "):
+        return False
+    if command is ShowUniqueJobs:
+        return _UNIQUE_LISTING_ERROR.fullmatch(line) is not None
+    return command is Workers or b"\t" not in line
+
+
+#: Every admin command class a client may send (and :class:`AdminBadCommand`).
+COMMAND_CLASSES: frozenset[type[Any]] = frozenset(
+    {
+        Workers,
+        Status,
+        PriorityStatus,
+        MaxQueue,
+        ShowJobs,
+        ShowUniqueJobs,
+        CancelJob,
+        CreateFunction,
+        DropFunction,
+        GetPid,
+        Verbose,
+        Version,
+        Shutdown,
+        AdminBadCommand,
+    }
+)
+#: The listing reply class of each listing command.
+REPLY_FOR: dict[type[Any], type[Any]] = {
+    Workers: WorkersReply,
+    Status: StatusReply,
+    PriorityStatus: PriorityStatusReply,
+    ShowJobs: ShowJobsReply,
+    ShowUniqueJobs: ShowUniqueJobsReply,
+}

@@ -18,6 +18,7 @@ The six SUBMIT_JOB* variants are one class, :class:`SubmitJob`, whose ``priority
 
 from __future__ import annotations
 
+import enum
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from ._spec import PacketType, Priority
@@ -80,11 +81,36 @@ def _typed_hash(self: tuple[Any, ...]) -> int:
     return hash((type(self).__name__, tuple.__hash__(self)))
 
 
+#: Longest ``bytes`` value shown whole in an event's repr; longer ones are cut.
+REPR_BYTES = 64
+
+
+def _field_repr(value: object) -> str:
+    if type(value) is bytes and len(value) > REPR_BYTES:
+        return f"{value[:REPR_BYTES]!r}...<{len(value)} bytes>"
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    return repr(value)
+
+
+def _typed_repr(self: tuple[Any, ...]) -> str:
+    fields: tuple[str, ...] = getattr(self, "_fields", ())
+    inner = ", ".join(
+        f"{name}={_field_repr(value)}" for name, value in zip(fields, self, strict=True)
+    )
+    return f"{type(self).__name__}({inner})"
+
+
 def _event(cls: type[_T]) -> type[_T]:
-    """Make a NamedTuple compare and hash by class as well as by fields."""
+    """Make a NamedTuple compare and hash by class as well as by fields.
+
+    Also gives it a repr that stays readable for multi-megabyte payloads (long
+    ``bytes`` values are cut, with their length shown) and prints enums by name.
+    """
     cls.__eq__ = _typed_eq  # type: ignore[assignment,method-assign]
     cls.__ne__ = _typed_ne  # type: ignore[assignment,method-assign]
     cls.__hash__ = _typed_hash  # type: ignore[assignment,method-assign]
+    cls.__repr__ = _typed_repr  # type: ignore[assignment,method-assign]
     return cls
 
 

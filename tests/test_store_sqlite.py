@@ -113,7 +113,7 @@ def test_a_failing_batch_stores_nothing_and_the_store_stays_usable(tmp_path: Pat
             # job 1 is stored already: the whole batch is rolled back.
             store.apply(StoreBatch(2, added=[job(3), job(1)], removed=[2]))
         with pytest.raises(StoreError, match="batch 3"):
-            store.apply(StoreBatch(3, added=[job(4, data="text, not bytes")]))  # type: ignore[arg-type]
+            store.apply(StoreBatch(3, added=[job(4, data="text, not bytes")]))
         with pytest.raises(StoreError, match="too large"):
             store.apply(StoreBatch(4, added=[job(5, when=2**64)]))
         store.apply(StoreBatch(5, added=[job(6)]))
@@ -364,6 +364,7 @@ def test_bad_rows_can_be_quarantined(tmp_path: Path, caplog: pytest.LogCaptureFi
     reasons = [row[3] for row in quarantined]
     assert len(reasons) == len(BAD_ROWS)
     for reason, (_, _, fragment) in zip(reasons, BAD_ROWS.values(), strict=True):
+        assert isinstance(reason, str)
         assert reason.startswith(fragment)
     assert quarantined[0][4:7] == (b"f", b"u10", b"data 10")  # raw values kept
     with SQLiteStore(path) as store:  # later starts are clean, even when refusing

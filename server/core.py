@@ -237,6 +237,8 @@ class ServerCore:
         if peer is None or peer.closing:
             return
         self._now = now
+        if type(data) is not bytes:
+            data = bytes(data)
         if not data:
             peer.buffered = []
             self._close(peer)

@@ -79,6 +79,12 @@ from .events import (
     SubmitJobSched,
     SubmitReduceJob,
     Unused,
+    WorkComplete,
+    WorkData,
+    WorkException,
+    WorkFail,
+    WorkStatus,
+    WorkWarning,
     packet_type,
 )
 
@@ -215,6 +221,9 @@ _REPLIES: dict[type[Any], frozenset[type[Any]]] = {
 _SUBMIT_CLASSES = frozenset({SubmitJob, SubmitReduceJob, SubmitJobEpoch, SubmitJobSched})
 _GRAB_CLASSES = frozenset({GrabJob, GrabJobUniq, GrabJobAll})
 _ASSIGN_CLASSES = frozenset({JobAssign, JobAssignUniq, JobAssignAll})
+_WORK_CLASSES = frozenset(
+    {WorkStatus, WorkComplete, WorkFail, WorkException, WorkData, WorkWarning}
+)
 
 _WORK_TYPES = frozenset(
     {
@@ -261,15 +270,25 @@ _TOO_LARGE_TEXT = {
 
 
 class _Run:
-    """A run of consecutive requests that get no reply unless they fail."""
+    """A run of consecutive requests that get no reply unless they fail.
 
-    __slots__ = ("count", "last", "mask")
+    ``work`` of the ``count`` requests are WORK_*; the latest request of each group
+    is what an ERROR attributed to the run reports as answered.
+    """
 
-    def __init__(self, request: Any, mask: int) -> None:
-        self.count = 1
-        self.mask = mask
-        #: The latest request of the run (what an ERROR for the run reports).
-        self.last = request
+    __slots__ = ("count", "last", "other_last", "work", "work_last")
+
+    def __init__(self, count: int, work: int, last: Any, work_last: Any, other_last: Any) -> None:
+        self.count = count
+        self.work = work
+        self.last = last
+        self.work_last = work_last
+        self.other_last = other_last
+
+    @property
+    def mask(self) -> int:
+        """Which groups of ERROR codes the run may draw."""
+        return (_WORK_BIT if self.work else 0) | (_OTHER_BIT if self.count > self.work else 0)
 
     def __repr__(self) -> str:
         return f"<{self.count} request(s) without reply, last {self.last!r}>"
@@ -774,8 +793,10 @@ class Connection:
         max_handle = limits.max_handle
         fast_max = min(LARGE_BODY - 1, self._max_packet)
         new = _tuple_new
-        run_count = run_mask = 0
+        run_count = run_work = 0
         run_last: Any = None
+        run_wlast: Any = None
+        run_olast: Any = None
         event: Any
         while pos < n:
             try:
@@ -791,11 +812,11 @@ class Connection:
                 if branch == 1:  # WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION
                     handle, nul, data = src[pos + 12 : end].partition(b"\0")
                     if nul and handle in worker_handles:
-                        run_last = new(classes[ptype], (handle, data))
+                        run_last = run_wlast = new(classes[ptype], (handle, data))
                         if ends_job[ptype]:
                             worker_handles.discard(handle)
                         run_count += 1
-                        run_mask |= 1  # _WORK_BIT
+                        run_work += 1
                         emit(run_last)
                         pos = end
                         continue
@@ -809,8 +830,8 @@ class Connection:
                         parts += submit_extra[ptype]
                         event = new(SubmitJob, parts)
                         if run_count:
-                            self._push_run(run_last, run_mask, run_count)
-                            run_count = run_mask = 0
+                            self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                            run_count = run_work = 0
                         owe(event)
                         emit(event)
                         pos = end
@@ -818,8 +839,8 @@ class Connection:
                 elif branch == 3:  # GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL
                     event = singletons[ptype]
                     if run_count:
-                        self._push_run(run_last, run_mask, run_count)
-                        run_count = run_mask = 0
+                        self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                        run_count = run_work = 0
                     owe(event)
                     self._grabs += 1
                     self._sleeping = False
@@ -827,27 +848,25 @@ class Connection:
                     pos = end
                     continue
                 elif branch == 4:  # PRE_SLEEP
-                    run_last = singletons[ptype]
+                    run_last = run_olast = singletons[ptype]
                     self._sleeping = True
                     run_count += 1
-                    run_mask |= 2  # _OTHER_BIT
                     emit(run_last)
                     pos = end
                     continue
                 elif branch == 5:  # ECHO_REQ
                     event = new(EchoReq, (src[pos + 12 : end],))
                     if run_count:
-                        self._push_run(run_last, run_mask, run_count)
-                        run_count = run_mask = 0
+                        self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                        run_count = run_work = 0
                     owe(event)
                     emit(event)
                     pos = end
                     continue
                 elif branch == 6:  # CAN_DO, CANT_DO
                     if size <= max_function:
-                        run_last = new(classes[ptype], (src[pos + 12 : end],))
+                        run_last = run_olast = new(classes[ptype], (src[pos + 12 : end],))
                         run_count += 1
-                        run_mask |= 2  # _OTHER_BIT
                         emit(run_last)
                         pos = end
                         continue
@@ -855,20 +874,20 @@ class Connection:
                     if size <= max_handle:
                         event = new(GetStatus, (src[pos + 12 : end],))
                         if run_count:
-                            self._push_run(run_last, run_mask, run_count)
-                            run_count = run_mask = 0
+                            self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                            run_count = run_work = 0
                         owe(event)
                         emit(event)
                         pos = end
                         continue
             if run_count:
-                self._push_run(run_last, run_mask, run_count)
-                run_count = run_mask = 0
+                self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                run_count = run_work = 0
             pos, go_on = self._slow_request(src, pos)
             if not go_on:
                 break
         if run_count:
-            self._push_run(run_last, run_mask, run_count)
+            self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
         return pos
 
     def _parse_responses(self, src: bytes) -> int:
@@ -1112,7 +1131,7 @@ class Connection:
                 return False
             if ptype in _TERMINAL:
                 self._worker_handles.discard(handle)
-            self._push_run(event, _WORK_BIT)
+            self._push_run(event, 1, 1, event)
         elif type(event) in _REPLIES:
             self._pending.append(event)
             if type(event) in _GRAB_CLASSES:
@@ -1121,7 +1140,7 @@ class Connection:
         else:
             if ptype == _T.PRE_SLEEP:
                 self._sleeping = True
-            self._push_run(event, _OTHER_BIT)
+            self._push_run(event, other_last=event)
         self._ready.append(event)
         return True
 
@@ -1283,19 +1302,28 @@ class Connection:
 
     # ------------------------------------------------------------- reply matching
 
-    def _push_run(self, event: Any, mask: int, count: int = 1) -> None:
-        """Queue ``count`` requests without reply, the last being ``event``."""
+    def _push_run(
+        self,
+        last: Any,
+        count: int = 1,
+        work: int = 0,
+        work_last: Any = None,
+        other_last: Any = None,
+    ) -> None:
+        """Queue ``count`` requests without reply (``work`` of them WORK_*)."""
         pending = self._pending
         if pending:
             run = pending[-1]
             if type(run) is _Run:
                 run.count += count
-                run.mask |= mask
-                run.last = event
+                run.last = last
+                if work:
+                    run.work += work
+                    run.work_last = work_last
+                if count > work:
+                    run.other_last = other_last
                 return
-        run = _Run(event, mask)
-        run.count = count
-        pending.append(run)
+        pending.append(_Run(count, work, last, work_last, other_last))
 
     def _locate(self, reply: Any, code: bytes | None) -> int | str:
         """Where in the queue the request that ``reply`` (a packet event) answers is.
@@ -1345,10 +1373,7 @@ class Connection:
             return None  # an ERROR that answers nothing
         entry = pending[0]
         if type(entry) is _Run:
-            entry.count -= 1
-            if entry.count == 0:
-                pending.popleft()
-            return entry.last
+            return self._run_failed(entry, _CODE_BITS.get(reply.code, 0))
         pending.popleft()
         if type(entry) is _Owed:
             return None
@@ -1362,6 +1387,21 @@ class Connection:
             self._client_handles[handle] = self._client_handles.get(handle, 0) + 1
             self._finished.pop(handle, None)
         return entry
+
+    def _run_failed(self, run: _Run, bits: int) -> Any:
+        """An ERROR with code group ``bits`` answers one request of ``run``."""
+        if bits & _WORK_BIT and run.work and not (bits & _OTHER_BIT and run.count > run.work):
+            request = run.work_last
+            if run.work == 1 and bits == _WORK_BIT:
+                # The run's only WORK_* failed: the job is not this worker's any more.
+                self._worker_handles.discard(request.handle)
+            run.work -= 1
+        else:
+            request = run.other_last if run.count > run.work else run.last
+        run.count -= 1
+        if run.count == 0:
+            self._pending.popleft()
+        return request
 
     def _remember_finished(self, handle: bytes) -> None:
         finished = self._finished
@@ -1550,7 +1590,7 @@ class Connection:
                 )
             if ptype in _TERMINAL:
                 self._worker_handles.discard(handle)
-            self._push_run(event, _WORK_BIT)
+            self._push_run(event, 1, 1, event)
             return
         cls = type(event)
         if cls in _REPLIES:
@@ -1561,7 +1601,7 @@ class Connection:
             return
         if ptype == _T.PRE_SLEEP:
             self._sleeping = True
-        self._push_run(event, _OTHER_BIT)
+        self._push_run(event, other_last=event)
 
     def _server_sending(self, ptype: PacketType, event: Any) -> None:
         if ptype in _WORK_TYPES:

@@ -1,0 +1,1 @@
+"""The job server's differential conformance suite and its test helpers."""

@@ -167,7 +167,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     prefix = None
     if args.job_handle_prefix is not None:
         prefix = args.job_handle_prefix.encode()
-        if not prefix or len(prefix) > 40 or not prefix.isascii() or not prefix.isprintable():
+        text = args.job_handle_prefix
+        if not prefix or len(prefix) > 40 or not text.isascii() or not text.isprintable():
             raise UsageError("--job-handle-prefix must be 1..40 printable ASCII characters")
         if any(c in prefix for c in b" \t%"):
             raise UsageError("--job-handle-prefix must not contain spaces, tabs or '%'")

@@ -444,6 +444,8 @@ class ServerCore:
         function.registrations += 1
         if function not in peer.timeouts:
             peer.funcs.append(function)
+            # The rotation starts at the newest registration, as in gearmand.
+            peer.rotation = len(peer.funcs) - 1
         peer.timeouts[function] = timeout
         if peer.sleeping and not peer.noop_sent:
             function.sleepers[peer] = None

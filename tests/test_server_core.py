@@ -236,7 +236,7 @@ def test_fair_rotation_across_functions_of_equal_priority() -> None:
     h.send(9, CanDo(b"a"), CanDo(b"b"))
     got = [grab(h, 9) for _ in range(6)]
     functions = [j.function for j in got if isinstance(j, JobAssignUniq)]
-    assert functions == [b"a", b"b", b"a", b"b", b"a", b"b"]
+    assert functions == [b"b", b"a", b"b", b"a", b"b", b"a"]  # newest registration first
 
 
 # ---------------------------------------------------------------- requeue/retry

@@ -99,7 +99,7 @@ class AsyncioRunner(RunnerBase):
     ) -> None:
         super().__init__(core, store)
         self.loop = asyncio.get_running_loop()
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.Server] = []
         self.closing = False
         self.keepalive = keepalive
         self._timer: asyncio.TimerHandle | None = None

@@ -351,7 +351,7 @@ class ServerCore:
         """Answer a peer's protocol error; close the connection if it is fatal."""
         hint = exc.hint
         if hint is not None:
-            if type(hint) is ev.Error:
+            if isinstance(hint, ev.Error):
                 self._out(peer, wire.error(hint.code, hint.text))
             else:
                 self._out(peer, _admin.format_reply(hint))

@@ -638,7 +638,8 @@ def test_admin_commands_reply_like_gearmand() -> None:
     assert h.admin(1, b"drop function ABC\n") == b"OK\r\n"
     assert h.admin(1, b"drop function abc\n") == b"ERR function not found\r\n"
     assert h.admin(1, b"maxqueue\n") == (
-        b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+maxqueue\r\n"
+        b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+"
+        b"maxqueue\r\n"
     )
 
 

@@ -180,7 +180,9 @@ class JobServer:
         loop = self._thread_loop
         call = runner.begin_graceful if graceful else runner.stop
         if loop is not None:
-            loop.call_soon_threadsafe(call)
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    loop.call_soon_threadsafe(call)
         else:
             runner.call_soon(call) if hasattr(runner, "call_soon") else call()
 

@@ -206,6 +206,8 @@ class AsyncioRunner(RunnerBase):
         super().flush()
         if self.core.stop_requested is not None and not self._stopped.is_set():
             self.loop.call_soon(self._stop_requested)
+        if self._idle_check:
+            self.connection_gone()
 
     def _stop_requested(self) -> None:
         if self.core.stop_requested == "graceful":

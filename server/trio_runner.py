@@ -250,6 +250,8 @@ class TrioRunner(RunnerBase):
                 self.begin_graceful()
             else:
                 self._stopped.set()
+        if self._idle_check:
+            self.connection_gone()
 
     def call_soon(self, fn: Any) -> None:
         """Run ``fn`` in the trio run (safe from other threads and signal handlers)."""

@@ -334,7 +334,7 @@ class ClientEngine:
             if isinstance(item, Job):
                 item._queued = None
                 if item.outcome is None:
-                    self._route(item, now, error)
+                    self._route(item, now)
             elif not item.done:
                 self._fail_request(item, _connect_error([slot]))
 
@@ -544,7 +544,7 @@ class ClientEngine:
         if job._created_timeout is not None:
             job._created_deadline = now + job._created_timeout
         self._live_jobs += 1
-        self._route(job, now, None)
+        self._route(job, now)
         if job.outcome is None:
             self._arm(_earliest(job._deadline, job._created_deadline), (_T_JOB, job))
 
@@ -555,7 +555,9 @@ class ClientEngine:
             return slots[start:] + slots[:start]
         return [slots[i] for i in self.ring.order(key)]
 
-    def _route(self, job: Job, now: float, error: BaseException | None) -> None:
+    def _route(
+        self, job: Job, now: float, resubmit: tuple[str, bool, BaseException] | None = None
+    ) -> None:
         """Send ``job`` on the best slot, queue it on a connecting one, or end it."""
         request = job._request
         unique = request.unique
@@ -581,7 +583,13 @@ class ClientEngine:
                     self._connect(slot)
                 return
         error = _connect_error(self.slots)
-        self._finish(job, Disconnected(str(error), False, error))
+        if resubmit is None:
+            self._finish(job, Disconnected(str(error), False, error))
+        else:
+            reason, acknowledged, cause = resubmit
+            self._finish(
+                job, Disconnected(f"{reason}; no other server is reachable", acknowledged, cause)
+            )
 
     def _send_job(self, session: Session, job: Job, now: float) -> None:
         job._sent_on = session
@@ -596,7 +604,7 @@ class ClientEngine:
             return
         job.handle = None
         job.server = None
-        self._route(job, now, cause)
+        self._route(job, now, (reason, acknowledged, cause))
 
     def abandon(self, job: Job) -> None:
         """Stop following ``job`` (its outcome becomes :class:`Abandoned`).

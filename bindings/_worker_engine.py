@@ -365,7 +365,10 @@ class WorkerEngine:
             self.connection_lost(session, ConnectionResetError("server closed the connection"), now)
             return
         self._pump()
-        if not session.awake and session.grabs == 0 and not session.sleeping and session.alive:
+        if self.draining:
+            # A grab answered while draining may have been the last thing to wait for.
+            self._check_drained()
+        elif not session.awake and session.grabs == 0 and not session.sleeping:
             session.sleeping = True
             session.send(PreSleep())
 

@@ -151,7 +151,7 @@ class _Driver:
             try:
                 stream = await trio.open_tcp_stream(host, port)
             except OSError as exc:
-                error = exc
+                error = _root_os_error(exc)
         if stream is None:
             if connect_scope.cancelled_caught:
                 error = TimeoutError(f"connect timed out after {self.connect_timeout:g} s")
@@ -200,6 +200,17 @@ class _Driver:
                 conn.sending = True
                 await stream.send_all(data)
                 conn.sending = False
+
+
+def _root_os_error(exc: OSError) -> OSError:
+    """The first address's own error (refused, unreachable) for "all attempts failed"."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError):
+        return cause
+    for leaf in getattr(cause, "exceptions", ()):
+        if isinstance(leaf, OSError):
+            return leaf
+    return exc
 
 
 class Job(_aa.AsyncJob):

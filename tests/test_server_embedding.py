@@ -192,7 +192,8 @@ def test_background_thread_from_sync_code() -> None:
         address = server.address
         assert server.server_string == f"127.0.0.1:{address[1]}"
         assert _blocking_roundtrip(address) == b"cnys"
-        assert server.core is not None and server.core.job_count == 0
+        assert server.core is not None
+        assert server.core.job_count == 0
     # Stopped: the port no longer accepts connections.
     with pytest.raises(OSError):
         socket.create_connection(address, timeout=1).close()

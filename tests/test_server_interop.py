@@ -73,7 +73,8 @@ def test_gearman_background_jobs_and_gearadmin_listings(server: ServerProcess) -
     assert "bg\t2\t0\t0\n." in gearadmin(server, "--status")
     assert "bg\t0\t2\t0\t0\n." in gearadmin(server, "--priority-status")
     jobs = gearadmin(server, "--show-jobs").splitlines()
-    assert len(jobs) == 3 and jobs[-1] == "."
+    assert len(jobs) == 3
+    assert jobs[-1] == "."
     assert all(row.endswith("\t0\t0\t1") for row in jobs[:-1])
     assert "the-unique" in gearadmin(server, "--show-unique-jobs").splitlines()
     handle = jobs[0].split("\t")[0]

@@ -1,0 +1,155 @@
+"""Differential mode: the same case against two servers, differences classified.
+
+Each connection's reaction is reduced to what a spec can judge: the sequence of reply
+types (ERROR with its code, admin replies as ``OK`` / ``ERR <code>`` / ``listing``),
+the contents of replies whose contents the request determines (echo data, option
+names, status numbers), and the connection's fate.  Handles, error texts, admin
+listing rows and job payloads depend on server state and naming, so they are left
+out.  A difference is then one of:
+
+* ``close-vs-reply`` — one server closed (or went silent) where the other answered;
+* ``error-code`` — one answered ERROR (or ``ERR``) with another code, or an error
+  where the other did not;
+* ``ordering`` — the same replies in another order;
+* ``content`` — the same reply types with different contents.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from gearproto import PacketType
+
+from .execute import PROBE_LABEL, ConnObservation, Observation
+from .verdict import FindingClass, Verdict
+
+__all__ = ["Reaction", "compare", "reaction"]
+
+_T = PacketType
+Reaction = tuple[list[tuple[str, str]], str]
+_CONTENT_TYPES = {
+    _T.ECHO_RES: slice(0, None),
+    _T.OPTION_RES: slice(0, None),
+    _T.STATUS_RES: slice(1, None),
+    _T.STATUS_RES_UNIQUE: slice(0, 5),
+}
+
+
+def reaction(obs: ConnObservation) -> Reaction:
+    """``([(kind, content), ...], fate)`` for one connection."""
+    items: list[tuple[str, str]] = []
+    in_listing = False
+    for reply in obs.replies:
+        if reply.kind == "line":
+            line = reply.line
+            if in_listing:
+                in_listing = line != b"."
+                continue
+            if line == b"OK" or line.startswith(b"OK "):
+                items.append(("OK", ""))
+            elif line.startswith(b"ERR "):
+                items.append(("ERR " + line[4:].split(b" ", 1)[0].decode("latin-1"), ""))
+            else:
+                items.append(("listing", ""))
+                in_listing = line != b"."
+            continue
+        if reply.problem:
+            items.append(("malformed", reply.problem[:40]))
+            continue
+        if (
+            reply.ptype == _T.STATUS_RES
+            and reply.fields
+            and reply.fields[0].startswith(b"fz-sync-")
+        ):
+            continue  # the sync probe's own answer
+        if reply.ptype == _T.ERROR:
+            items.append(("ERROR " + reply.fields[0].decode("latin-1"), ""))
+            continue
+        part = _CONTENT_TYPES.get(_T(reply.ptype)) if 0 < reply.ptype <= 42 else None
+        content = b"\0".join(reply.fields[part]).decode("latin-1")[:80] if part else ""
+        items.append((reply.name, content))
+    if obs.probe == "answered":
+        fate = "in-sync"
+    elif obs.probe == "unanswered":
+        fate = "silent"
+    elif obs.fate in ("eof", "reset") or obs.probe == "closed":
+        fate = "closed"
+    else:
+        fate = "open"
+    return items, fate
+
+
+def _first_request(obs: ConnObservation, index: int) -> str:
+    owed = [r for r in obs.requests if r.owes_reply and r.label != PROBE_LABEL]
+    if index < len(owed):
+        return owed[index].label
+    return owed[-1].label if owed else "none"
+
+
+def compare(a: Observation, b: Observation, names: tuple[str, str]) -> list[Verdict]:
+    """Divergence verdicts between two runs of the same case."""
+    verdicts: list[Verdict] = []
+    for conn, obs_a in a.conns.items():
+        obs_b = b.conns.get(conn)
+        if obs_b is None or obs_a.fate == "unread":
+            continue
+        (items_a, fate_a), (items_b, fate_b) = reaction(obs_a), reaction(obs_b)
+        kinds_a = [k for k, _ in items_a]
+        kinds_b = [k for k, _ in items_b]
+        sub, where = _classify(items_a, items_b, kinds_a, kinds_b, fate_a, fate_b)
+        if sub is None:
+            continue
+        request = _first_request(obs_a, where)
+        shown_a = " ".join(kinds_a[where : where + 2]) or fate_a
+        shown_b = " ".join(kinds_b[where : where + 2]) or fate_b
+        verdicts.append(
+            Verdict(
+                FindingClass.DIVERGENCE,
+                f"{sub}:{request}:{_short(shown_a)}|{_short(shown_b)}",
+                f"connection {conn}, reply {where + 1} (to {request}): {names[0]} gave"
+                f" {shown_a} ({fate_a}), {names[1]} gave {shown_b} ({fate_b})",
+                {
+                    "kind": sub,
+                    names[0]: {"replies": items_a[:20], "fate": fate_a},
+                    names[1]: {"replies": items_b[:20], "fate": fate_b},
+                },
+            )
+        )
+    return verdicts
+
+
+def _short(text: str) -> str:
+    return text[:40]
+
+
+def _classify(
+    items_a: list[tuple[str, str]],
+    items_b: list[tuple[str, str]],
+    kinds_a: list[str],
+    kinds_b: list[str],
+    fate_a: str,
+    fate_b: str,
+) -> tuple[str | None, int]:
+    for index, (x, y) in enumerate(zip(kinds_a, kinds_b, strict=False)):
+        if x != y:
+            if Counter(kinds_a) == Counter(kinds_b):
+                return "ordering", index
+            if _is_error(x) or _is_error(y):
+                return "error-code", index
+            return "content", index
+    if len(kinds_a) != len(kinds_b):
+        index = min(len(kinds_a), len(kinds_b))
+        if fate_a != fate_b:
+            return "close-vs-reply", index
+        longer = kinds_a if len(kinds_a) > len(kinds_b) else kinds_b
+        return ("error-code" if _is_error(longer[index]) else "close-vs-reply"), index
+    if fate_a != fate_b and "open" not in (fate_a, fate_b):
+        return "close-vs-reply", len(kinds_a)
+    for index, (item_a, item_b) in enumerate(zip(items_a, items_b, strict=False)):
+        if item_a[1] != item_b[1]:
+            return "content", index
+    return None, 0
+
+
+def _is_error(kind: str) -> bool:
+    return kind.startswith(("ERROR", "ERR "))

@@ -203,7 +203,7 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
         "stderr",
         "--verbose",
         "FATAL",
-    ],  # fmt: skip
+    ],
 }
 
 

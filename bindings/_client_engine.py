@@ -21,6 +21,7 @@ Delivery semantics (documented in docs/bindings.md):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections import deque
@@ -31,10 +32,7 @@ from typing import Any
 from gearproto import Limits, LocalProtocolError, Priority, RemoteProtocolError
 from gearproto.admin import AdminError
 from gearproto.events import (
-    EchoReq,
     Error,
-    GetStatus,
-    GetStatusUnique,
     JobCreated,
     OptionReq,
     OptionRes,
@@ -134,13 +132,13 @@ class Job:
     __slots__ = (
         "_chunks",
         "_created_deadline",
+        "_created_timeout",
         "_deadline",
         "_engine",
         "_queued",
         "_request",
         "_sent_on",
         "_timeout",
-        "_created_timeout",
         "_updates",
         "attempts",
         "handle",
@@ -561,11 +559,7 @@ class ClientEngine:
         """Send ``job`` on the best slot, queue it on a connecting one, or end it."""
         request = job._request
         unique = request.unique
-        key: bytes | None
-        if unique == b"-":
-            key = request.data
-        else:
-            key = unique or None
+        key: bytes | None = request.data if unique == b"-" else unique or None
         candidates = self._candidates(key)
         if key is None:
             # No affinity: prefer a connected server.
@@ -619,10 +613,8 @@ class ClientEngine:
         job.outcome = outcome
         self._live_jobs -= 1
         if job._queued is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 job._queued.queue.remove(job)
-            except ValueError:
-                pass
             job._queued = None
         handle = job.handle
         session = job._sent_on

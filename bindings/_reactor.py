@@ -199,7 +199,7 @@ class Reactor:
         sock: socket.socket | None = None
         error: BaseException | None = None
         try:
-            sock = socket.create_connection(tuple(slot.address), timeout=timeout)
+            sock = socket.create_connection((slot.address.host, slot.address.port), timeout=timeout)
         except OSError as exc:
             error = exc
         with self.lock:

@@ -45,8 +45,7 @@ def parse_address(spec: ServerSpec) -> ServerAddress:
         ValueError: the text is not ``host``, ``host:port`` or ``[ipv6]:port``.
     """
     if isinstance(spec, tuple):
-        host, port = spec
-        return ServerAddress(str(host), _port(str(port)))
+        return ServerAddress(str(spec[0]), _port(str(spec[1])))
     if not isinstance(spec, str):
         raise TypeError(f"a server is 'host:port' or (host, port), not {spec!r}")
     text = spec.strip()
@@ -83,9 +82,9 @@ def parse_servers(servers: ServerSpec | Iterable[ServerSpec]) -> list[ServerAddr
     elif isinstance(servers, ServerAddress) or (
         isinstance(servers, tuple) and len(servers) == 2 and isinstance(servers[1], int)
     ):
-        items = [servers]  # type: ignore[list-item]
+        items = [servers]
     else:
-        items = list(servers)  # type: ignore[arg-type]
+        items = list(servers)
     addresses = [parse_address(s) for s in items]
     if not addresses:
         raise ValueError("at least one server is needed")
@@ -105,8 +104,7 @@ class HashRing:
         points: list[tuple[int, int]] = []
         for index, address in enumerate(addresses):
             name = str(address).encode()
-            for replica in range(replicas):
-                points.append((_hash(name + b"#%d" % replica), index))
+            points.extend((_hash(name + b"#%d" % replica), index) for replica in range(replicas))
         points.sort()
         self._hashes = [h for h, _ in points]
         self._owners = [i for _, i in points]

@@ -40,7 +40,7 @@ class Driver(Protocol):
     """What an engine asks of its binding.  No method may call back into the engine."""
 
     def connect(self, slot: Slot) -> None:
-        """Open a connection to ``slot.address``; report with ``connected`` or ``connect_failed``."""
+        """Open a connection to ``slot.address``; report ``connected``/``connect_failed``."""
 
     def close(self, slot: Slot, session: Session) -> None:
         """Close ``session``'s connection; the engine already forgot it."""

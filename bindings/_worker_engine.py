@@ -36,7 +36,6 @@ from gearproto.events import (
     GrabJobUniq,
     JobAssign,
     JobAssignAll,
-    JobAssignUniq,
     NoJob,
     Noop,
     PreSleep,
@@ -478,6 +477,7 @@ class WorkerEngine:
                 # Report the failure now; the job keeps its slot until it really stops.
                 if not job.cancelled:
                     assert job.spec is not None
+                    assert job.spec.timeout is not None
                     job._session.send(
                         WorkExceptionEvent(
                             job.handle,

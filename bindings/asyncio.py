@@ -304,7 +304,8 @@ class _WorkerDriver(_Driver):
         self.jobs: set[WorkerJob] = set()
 
     def start_job(self, job: _we.WorkerJob) -> None:
-        assert isinstance(job, WorkerJob) and job.spec is not None
+        assert isinstance(job, WorkerJob)
+        assert job.spec is not None
         self.jobs.add(job)
         if job.spec.is_async:
             job._task = self.loop.create_task(self._run_async(job))
@@ -441,7 +442,7 @@ class Worker:
         self._driver, self._engine = driver, engine
         for spec in self._functions.values():
             engine.functions[spec.name] = spec
-        signals: list[int] = []
+        signals: list[signal.Signals] = []
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -17,7 +17,9 @@ from typing import Any, NoReturn
 from gearproto import LocalProtocolError, admin
 
 from ._outcomes import (
+    Abandoned,
     Accepted,
+    AdminCommandError,
     Completed,
     ConnectError,
     ConnectionLost,
@@ -26,9 +28,7 @@ from ._outcomes import (
     Failed,
     Rejected,
     RequestTimeout,
-    AdminCommandError,
     TimedOut,
-    Abandoned,
 )
 from ._routing import DEFAULT_PORT, ServerAddress, parse_address
 
@@ -196,7 +196,7 @@ def worker_main(argv: Sequence[str]) -> int:
         parser.error("--concurrency must be at least 1")
     servers = _servers(args, parser)
 
-    from .sync import WorkException, Worker, WorkerJob
+    from .sync import Worker, WorkerJob, WorkException
 
     worker = Worker(servers, concurrency=args.concurrency, client_id=args.client_id)
     done = [0]

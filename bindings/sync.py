@@ -505,7 +505,8 @@ class _WorkerDriver:
         self.pool.submit(self._run, job)
 
     def _run(self, job: _we.WorkerJob) -> None:
-        assert job.spec is not None and self.engine is not None
+        assert job.spec is not None
+        assert self.engine is not None
         try:
             value = job.spec.func(job)
         except BaseException as exc:
@@ -613,7 +614,7 @@ class Worker:
             reactor.engine = engine
             engine.functions.update(self._functions)
             self._engine, self._reactor = engine, reactor
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda *_: self._signal_drain())

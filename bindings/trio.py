@@ -166,20 +166,29 @@ class _Driver:
                 await stream.aclose()
                 return
             conn.session = session
-            lost: BaseException | None = None
+            lost: list[BaseException] = []
             try:
                 async with trio.open_nursery() as inner:
-                    inner.start_soon(self._writer, slot, conn)
-                    await self._reader(conn, session)
+                    inner.start_soon(self._guard, self._writer(slot, conn), lost, inner)
+                    await self._guard(self._reader(conn, session), lost, inner)
                     inner.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                lost = exc
             finally:
                 engine.connection_lost(
-                    session, lost or ConnectionResetError("connection closed"), trio.current_time()
+                    session,
+                    lost[0] if lost else ConnectionResetError("connection closed"),
+                    trio.current_time(),
                 )
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+
+    @staticmethod
+    async def _guard(coro: Any, lost: list[BaseException], inner: trio.Nursery) -> None:
+        """Run the reader or writer; a broken socket ends both, recorded in ``lost``."""
+        try:
+            await coro
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            lost.append(exc)
+        inner.cancel_scope.cancel()
 
     async def _reader(self, conn: _Conn, session: Session) -> None:
         engine = self.engine
@@ -231,7 +240,8 @@ class _TrioMixin:
     _stack: contextlib.AsyncExitStack | None = None
 
     def _now(self) -> float:
-        return trio.current_time()
+        now: float = trio.current_time()
+        return now
 
     async def _enter_nursery(self) -> trio.Nursery:
         self._stack = contextlib.AsyncExitStack()
@@ -308,12 +318,12 @@ class WorkerJob(_we.WorkerJob):
 
 
 class _WorkerDriver(_Driver):
-    async def flush_all(self, timeout: float) -> None:
+    async def flush_all(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait (at most ``timeout`` s) until every connection wrote what is queued."""
         with trio.move_on_after(timeout):
             for slot in self.engine.slots:
                 conn = slot.io
-                while (
+                while (  # noqa: ASYNC110
                     isinstance(conn, _Conn)
                     and conn.session is not None
                     and (slot.outbox or conn.sending)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, ExitStack
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import pytest

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def clean(stats: dict[str, Any]) -> bool:
-    return (
+    return bool(
         stats["jobs"] == 0
         and stats["replies_owed"] == 0
         and stats["handles_followed"] == 0
@@ -38,7 +38,7 @@ def test_asyncio_task_cancel(gearmand_server: ServerProcess) -> None:
         async with gp_asyncio.Client(addr(gearmand_server)) as client:
             # Cancelled while waiting for the result of a job nobody runs.
             task = asyncio.create_task(client.call("nobody-runs-this", b"x"))
-            while client.statistics()["handles_followed"] == 0:
+            while client.statistics()["handles_followed"] == 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -126,7 +126,8 @@ def test_sync_wait_timeout_and_abandon(gearmand_server: ServerProcess) -> None:
         job = client.submit("later", b"y")
         with pytest.raises(TimeoutError):
             job.wait(timeout=0.05)
-        assert job.outcome is None and job.handle is not None
+        assert job.outcome is None
+        assert job.handle is not None
         job.abandon()
         assert clean(client.statistics())
         assert client.echo(b"alive") == b"alive"

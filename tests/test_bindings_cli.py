@@ -24,8 +24,22 @@ def run(*argv: str, stdin: bytes = b"", timeout: float = 30) -> subprocess.Compl
 def test_submit_and_worker_round_trip(job_server: ServerProcess) -> None:
     port = str(job_server.port)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "gearproto", "worker", "-p", port, "-f", "upper", "-c", "2"]
-        + ["--", "tr", "a-z", "A-Z"]
+        [
+            sys.executable,
+            "-m",
+            "gearproto",
+            "worker",
+            "-p",
+            port,
+            "-f",
+            "upper",
+            "-c",
+            "2",
+            "--",
+            "tr",
+            "a-z",
+            "A-Z",
+        ]
     )
     try:
         out = run("submit", "-p", port, "-f", "upper", "hello", "there")
@@ -63,17 +77,23 @@ def test_our_worker_serves_the_gearman_tool(job_server: ServerProcess) -> None:
 def test_submit_errors_are_clear(job_server: ServerProcess) -> None:
     port = str(job_server.port)
     out = run("submit", "-p", port, "-f", "nobody", "-b", "x")
-    assert out.returncode == 0 and out.stdout.startswith(b"Task created: H:")
+    assert out.returncode == 0
+    assert out.stdout.startswith(b"Task created: H:")
     out = run("submit", "-p", port, "-f", "nobody", "-t", "0.3", "x")
-    assert out.returncode == 4 and b"timed out after 0.3 s" in out.stderr
+    assert out.returncode == 4
+    assert b"timed out after 0.3 s" in out.stderr
     out = run("submit", "-p", str(free_port()), "-f", "nobody", "x")
-    assert out.returncode == 3 and b"ConnectionRefusedError" in out.stderr
+    assert out.returncode == 3
+    assert b"ConnectionRefusedError" in out.stderr
     out = run("submit", "-s", "no-such-host.invalid:4730", "-f", "fn", "x")
-    assert out.returncode == 3 and b"gaierror" in out.stderr
+    assert out.returncode == 3
+    assert b"gaierror" in out.stderr
     out = run("submit", "-p", port, "x")
-    assert out.returncode == 2 and b"-f/--function" in out.stderr
+    assert out.returncode == 2
+    assert b"-f/--function" in out.stderr
     out = run("submit", "-p", port, "-f", "fn", "-u", "u" * 65, "x")
-    assert out.returncode == 2 and b"unique" in out.stderr
+    assert out.returncode == 2
+    assert b"unique" in out.stderr
     assert b"Traceback" not in out.stderr
 
 
@@ -87,10 +107,13 @@ def test_admin_commands(job_server: ServerProcess) -> None:
     out = run("admin", "-p", port, "--create-function", "made", "--max-queue", "made", "3")
     assert (out.returncode, out.stdout) == (0, b"OK\nOK\n")
     out = run("admin", "-p", port, "--cancel-job", "H:nope:1")
-    assert out.returncode == 1 and b"UNKNOWN_JOB" in out.stderr
+    assert out.returncode == 1
+    assert b"UNKNOWN_JOB" in out.stderr
     out = run("admin", "-p", port)
     assert out.returncode == 2
     out = run("admin", "-p", port, "--drop-function", "has space")
-    assert out.returncode == 2 and b"cannot carry" in out.stderr
+    assert out.returncode == 2
+    assert b"cannot carry" in out.stderr
     out = run("admin", "-p", str(free_port()), "--status")
-    assert out.returncode == 3 and b"ConnectionRefusedError" in out.stderr
+    assert out.returncode == 3
+    assert b"ConnectionRefusedError" in out.stderr

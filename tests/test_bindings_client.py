@@ -113,7 +113,8 @@ def test_background_jobs_and_status_by_handle_and_unique(
     client = harness.client(addr(job_server))
     job = client.submit("later", b"payload", unique="u-status-1", background=True)
     outcome = job.wait()
-    assert isinstance(outcome, Accepted) and outcome.handle == job.handle
+    assert isinstance(outcome, Accepted)
+    assert outcome.handle == job.handle
     status = client.get_status(job)
     assert (status.known, status.running) == (True, False)
     by_unique = client.get_status_unique("u-status-1")
@@ -156,7 +157,8 @@ def test_epoch_jobs_run_when_due(harness: Harness, job_server: ServerProcess) ->
 
     future = client.submit("epoch", b"future", epoch=time.time() + 3600)
     past = client.submit("epoch", b"past", epoch=time.time() - 10)
-    assert isinstance(future.wait(), Accepted) and isinstance(past.wait(), Accepted)
+    assert isinstance(future.wait(), Accepted)
+    assert isinstance(past.wait(), Accepted)
     harness.worker(addr(job_server), {"epoch": record}).start()
     assert done.wait(10)
     assert ran == [b"past"]
@@ -220,7 +222,8 @@ def test_thousand_jobs_pipelined_on_one_connection(
     results = [job.result() for job in jobs]
     assert results == [(b"job-%d" % i)[::-1] for i in range(1200)]
     stats = client.statistics()
-    assert stats["jobs"] == 0 and stats["replies_owed"] == 0
+    assert stats["jobs"] == 0
+    assert stats["replies_owed"] == 0
     assert list(stats["servers"].values()) == ["up"]
 
 
@@ -240,7 +243,9 @@ def test_completion_timeout_is_a_typed_outcome(harness: Harness, job_server: Ser
     with pytest.raises(JobTimedOut):
         client.call("no-worker", b"y", timeout=0.2)
     stats = client.statistics()
-    assert stats["jobs"] == 0 and stats["handles_followed"] == 0 and stats["core_handles"] == 0
+    assert stats["jobs"] == 0
+    assert stats["handles_followed"] == 0
+    assert stats["core_handles"] == 0
     assert client.echo(b"still usable") == b"still usable"
 
 
@@ -256,7 +261,9 @@ def test_queue_full_is_rejected(harness: Harness, job_server: ServerProcess) -> 
         client.call("capped", b"3")
 
 
-def test_invalid_submissions_fail_before_any_io(harness: Harness, job_server: ServerProcess) -> None:
+def test_invalid_submissions_fail_before_any_io(
+    harness: Harness, job_server: ServerProcess
+) -> None:
     client = harness.client(addr(job_server))
     with pytest.raises(LocalProtocolError, match="unique"):
         client.submit("fn", b"", unique="u" * 65)

@@ -60,7 +60,7 @@ def test_failover_when_a_server_dies_mid_run(harness: Harness, job_server_factor
 
     def work(job: Any) -> bytes:
         gate.acquire(timeout=20)
-        return b"done:" + job.data
+        return b"done:" + bytes(job.data)
 
     harness.worker(servers, {"fo": work}, concurrency=8, backoff=FAST).start()
     client = harness.client(servers, backoff=FAST, max_attempts=3)
@@ -83,4 +83,5 @@ def test_failover_when_a_server_dies_mid_run(harness: Harness, job_server_factor
     # New work, foreground and background, goes to the survivor.
     assert client.call("fo", b"after") == b"done:after"
     late = client.submit("fo", b"bg", unique="fo-late", background=True)
-    assert isinstance(late.wait(), Accepted) and str(late.server) == servers[1]
+    assert isinstance(late.wait(), Accepted)
+    assert str(late.server) == servers[1]

@@ -107,7 +107,8 @@ class AsyncioPortal(Portal):
 
     def background(self, afn: Callable[[], Any]) -> Callable[[float], None]:
         async def start() -> asyncio.Future[Any]:
-            return asyncio.ensure_future(afn())
+            future: asyncio.Future[Any] = asyncio.ensure_future(afn())
+            return future
 
         task = self.call(start)
 
@@ -319,7 +320,9 @@ class Harness:
         self._closers.append(close)
         return Proxy(obj, self.portal)
 
-    def worker(self, servers: Any, functions: dict[str, Any] | None = None, **options: Any) -> WorkerHandle:
+    def worker(
+        self, servers: Any, functions: dict[str, Any] | None = None, **options: Any
+    ) -> WorkerHandle:
         worker = self.portal.call(self.module.Worker, servers, **options)
         handle = WorkerHandle(self, worker)
         for name, fn in (functions or {}).items():
@@ -337,9 +340,10 @@ class Harness:
 
     def sleep(self, seconds: float) -> Awaitable[None]:
         """The binding's own async sleep (call it inside async job functions)."""
-        if self.name == "trio":
-            return trio.sleep(seconds)
-        return asyncio.sleep(seconds)
+        sleep: Callable[[float], Awaitable[None]] = (
+            trio.sleep if self.name == "trio" else asyncio.sleep
+        )
+        return sleep(seconds)
 
     def close(self) -> None:
         errors: list[BaseException] = []
@@ -358,7 +362,9 @@ class Harness:
             raise errors[0]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+) -> None:
     """Poll ``predicate`` (for state that has no event to wait on) within ``timeout``."""
     import time
 

@@ -1626,6 +1626,16 @@ class Connection:
         found = self._locate(event, event.code if ptype == _T.ERROR else None)
         if type(found) is str:
             raise LocalProtocolError(found)
+        if ptype == _T.ERROR:
+            # The core itself refused a request: sending its hint answers that one,
+            # though a run before it could draw the same code.
+            pending = self._pending
+            index = 0
+            while index < len(pending) and type(pending[index]) is _Run:
+                index += 1
+            if index < len(pending) and type(pending[index]) is _Owed:
+                if pending[index].hint == event:
+                    found = index
         self._consume(found, event)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ server helpers

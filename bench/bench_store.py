@@ -14,7 +14,9 @@ its file are counted (acknowledged jobs must all be there).
 
 Servers are command templates, ``NAME=COMMAND`` (repeatable ``--server``), with
 ``{port}``, ``{db}`` (a fresh queue file), ``{tmpdir}`` and ``{python}`` filled in.
-The default is gearmand's SQLite queue::
+Runs are interleaved (repetition, then configuration, then server) and medians over
+``--reps`` are reported, so that machine noise hits every server alike.  The default
+server is gearmand's SQLite queue::
 
     gearmand-sqlite=/usr/sbin/gearmand -L 127.0.0.1 -p {port} -q libsqlite3
         --libsqlite3-db {db} -l {tmpdir}/gearmand.log -P {tmpdir}/gearmand.pid
@@ -43,9 +45,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from gearproto import Priority
 from gearproto.server.sqlite_store import SQLiteStore
@@ -61,6 +64,7 @@ JOB_CREATED = 8
 ERROR = 19
 HEADER = struct.Struct(">4sII")
 FUNCTION = b"bench_store"
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ part 1: store
@@ -146,20 +150,31 @@ def bench_apply(
     )
 
 
-def run_store_part(directory: Path, seconds: float, payload: int) -> None:
+def run_store_part(directory: Path, seconds: float, payload: int, reps: int) -> None:
     flush = fdatasync_latency(directory)
     print(f"## SQLiteStore.apply() durable commits ({directory}, payload {payload} B)\n")
-    print(f"raw write+fdatasync on this disk: median {flush * 1e6:.0f} µs\n")
+    print(f"raw write+fdatasync on this disk: median {flush * 1e6:.0f} µs; ", end="")
+    print(f"median of {reps} interleaved runs of {seconds:g} s\n")
     print("| batch | mode | commits/s | jobs/s | apply p50 µs | apply p99 µs |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
-    for mode in ("add", "add+remove"):
-        for batch in (1, 10, 100):
-            r = bench_apply(directory, batch, mode, seconds, payload)
-            print(
-                f"| {batch} | {mode} | {r.commits_per_s:,.0f} | {r.jobs_per_s:,.0f} "
-                f"| {r.p50 * 1e6:,.0f} | {r.p99 * 1e6:,.0f} |"
-            )
+    configs = [(mode, batch) for mode in ("add", "add+remove") for batch in (1, 10, 100)]
+    results: dict[tuple[str, int], list[StoreResult]] = {c: [] for c in configs}
+    for _ in range(reps):
+        for mode, batch in configs:
+            results[mode, batch].append(bench_apply(directory, batch, mode, seconds, payload))
+    for mode, batch in configs:
+        r = median_by(results[mode, batch], lambda x: x.commits_per_s)
+        print(
+            f"| {batch} | {mode} | {r.commits_per_s:,.0f} | {r.jobs_per_s:,.0f} "
+            f"| {r.p50 * 1e6:,.0f} | {r.p99 * 1e6:,.0f} |"
+        )
     print()
+
+
+def median_by(items: list[T], key: Callable[[T], float]) -> T:
+    """The item with the median ``key`` (the lower one for an even count)."""
+    ordered = sorted(items, key=key)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 # ---------------------------------------------------------------- part 2: servers
@@ -379,31 +394,41 @@ def run_server_part(
     windows: list[int],
     seconds: float,
     payload: int,
+    reps: int,
 ) -> None:
     print("## Durable background submits per second (SUBMIT_JOB_BG -> JOB_CREATED)\n")
-    print(f"payload {payload} B, {seconds:g} s per run, fresh queue file per run\n")
+    print(
+        f"payload {payload} B, {seconds:g} s per run, fresh queue file per run, median of "
+        f"{reps} interleaved runs; ratios against {servers[0][0]}\n"
+    )
+    configs = [(c, w) for c in clients_list for w in windows]
+    results: dict[tuple[str, int, int], list[ServerResult]] = {}
+    missing = 0
+    for _ in range(reps):  # interleaved, so that machine noise hits every server alike
+        for clients, window in configs:
+            for name, template in servers:
+                r = bench_server(name, template, workdir, clients, window, seconds, payload)
+                results.setdefault((name, clients, window), []).append(r)
+                if r.rows_after_kill is not None and r.rows_after_kill < r.acked:
+                    missing += r.acked - r.rows_after_kill
     print(
         "| server | clients | window | acked jobs/s | ratio | errors | ack p50 ms "
         "| ack p99 ms | rows in file after kill -9 |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for clients in clients_list:
-        for window in windows:
-            baseline: float | None = None
-            for name, template in servers:
-                r = bench_server(name, template, workdir, clients, window, seconds, payload)
-                baseline = baseline or r.per_s
-                rows = "?" if r.rows_after_kill is None else f"{r.rows_after_kill:,}"
-                lost = ""
-                if r.rows_after_kill is not None and r.rows_after_kill < r.acked:
-                    lost = f" (**{r.acked - r.rows_after_kill} acked jobs missing**)"
-                print(
-                    f"| {name} | {clients} | {window} | {r.per_s:,.0f} | "
-                    f"{r.per_s / baseline:.2f}x | {r.errors} | {r.p50 * 1e3:.2f} | "
-                    f"{r.p99 * 1e3:.2f} | {rows} of {r.acked:,} acked{lost} |",
-                    flush=True,
-                )
-    print()
+    for clients, window in configs:
+        baseline: float | None = None
+        for name, _ in servers:
+            r = median_by(results[name, clients, window], lambda x: x.per_s)
+            baseline = baseline or r.per_s
+            rows = "?" if r.rows_after_kill is None else f"{r.rows_after_kill:,}"
+            print(
+                f"| {name} | {clients} | {window} | {r.per_s:,.0f} | "
+                f"{r.per_s / baseline:.2f}x | {r.errors} | {r.p50 * 1e3:.2f} | "
+                f"{r.p99 * 1e3:.2f} | {rows} of {r.acked:,} acked |"
+            )
+    verdict = "none" if not missing else f"**{missing}**"
+    print(f"\nacknowledged jobs missing from a queue file after kill -9, all runs: {verdict}\n")
 
 
 def parse_server(spec: str) -> tuple[str, str]:
@@ -425,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", default="1,100", help="comma list (default 1,100)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per run (default 3)")
     parser.add_argument("--payload", type=int, default=100, help="job bytes (default 100)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median)")
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (disk)")
     args = parser.parse_args(argv)
     servers = [parse_server(s) for s in (args.server or [DEFAULT_SERVER])]
@@ -432,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=base) as scratch:
         workdir = Path(scratch)
         if args.part in ("all", "store"):
-            run_store_part(workdir, args.seconds, args.payload)
+            run_store_part(workdir, args.seconds, args.payload, args.reps)
         if args.part in ("all", "servers"):
             run_server_part(
                 servers,
@@ -441,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                 [int(x) for x in args.windows.split(",")],
                 args.seconds,
                 args.payload,
+                args.reps,
             )
     return 0
 

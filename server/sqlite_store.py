@@ -126,16 +126,18 @@ def _error_name(error: BaseException) -> str:
 class SQLiteStore:
     """A :class:`~gearproto.server.storage.JobStore` in a SQLite file.
 
-    Opening takes the file's exclusive lock, creates or migrates the schema, and
+    Opening takes the file's exclusive lock, creates or migrates the schema,
     (unless ``gearmand_table`` is None) imports a gearmand queue table found in the
-    file.  The constructor raises :class:`StoreOpenError` (or its subclass
-    :class:`StoreLockedError`) with a clear message when the file cannot be used.
+    file, and reads and validates every stored job.  The constructor raises
+    :class:`StoreOpenError` (or its subclass :class:`StoreLockedError`) when the file
+    cannot be used, and :class:`StoreCorruptError` for bad rows, each with a clear
+    message.
 
     Args:
         path: the store file (created if missing; its directory must exist).
         limits: the server's limits, which loaded rows must respect.
-        bad_rows: ``"refuse"`` (default): :meth:`load` raises
-            :class:`StoreCorruptError` naming every bad row, and nothing is changed;
+        bad_rows: ``"refuse"`` (default): opening raises :class:`StoreCorruptError`
+            naming every bad row, and nothing is changed;
             ``"quarantine"``: bad rows are moved to the ``gearproto_quarantine`` table,
             each logged as a warning, and the valid ones are loaded.
         gearmand_table: a gearmand ``-q libsqlite3`` table (``--libsqlite3-table``) to
@@ -180,6 +182,13 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = self._open(
             gearmand_table, max_bytes, check_integrity
         )
+        # Rows are read and validated now, so that a bad file is refused when it is
+        # opened (before a server listens), not later.
+        try:
+            self._preloaded: list[StoredJob] | None = self._read_jobs(self._conn)
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ opening
 
@@ -369,43 +378,50 @@ class SQLiteStore:
     def load(self) -> list[StoredJob]:
         """Every stored job, in ``job_id`` order (FIFO), priorities and ``when`` kept.
 
+        The first call returns the jobs read and validated when the store was opened;
+        later calls read the file again.
+
         Raises:
             StoreCorruptError: some rows are invalid and ``bad_rows`` is ``"refuse"``;
                 the error names every bad row; the file is unchanged.
         """
         with self._lock:
             conn = self._connection()
-            jobs: list[StoredJob] = []
-            bad: list[tuple[RowProblem, tuple[object, ...]]] = []
-            bad_ids: list[int] = []
-            try:
-                for row in conn.execute(_SELECT):
-                    try:
-                        jobs.append(stored_job_from_values(*row, limits=self.limits))
-                    except InvalidJobError as error:
-                        where = f"{self.path} {_JOBS} row job_id={row[0]}"
-                        bad.append((RowProblem(where, str(error)), tuple(row[1:])))
-                        bad_ids.append(row[0])
-                if bad and self.bad_rows == "refuse":
-                    raise StoreCorruptError(
-                        f"{self.path} (the server refuses to start rather than drop "
-                        "acknowledged jobs; fix or delete these rows, or start with bad rows "
-                        "quarantined)",
-                        [problem for problem, _ in bad],
-                    )
-                if bad:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        self._quarantine(conn, bad)
-                        conn.executemany(_DELETE, ((job_id,) for job_id in bad_ids))
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
-            except sqlite3.Error as error:
-                raise self._failure(error, "loading the jobs") from error
-            return jobs
+            jobs, self._preloaded = self._preloaded, None
+            return jobs if jobs is not None else self._read_jobs(conn)
+
+    def _read_jobs(self, conn: sqlite3.Connection) -> list[StoredJob]:
+        jobs: list[StoredJob] = []
+        bad: list[tuple[RowProblem, tuple[object, ...]]] = []
+        bad_ids: list[int] = []
+        try:
+            for row in conn.execute(_SELECT):
+                try:
+                    jobs.append(stored_job_from_values(*row, limits=self.limits))
+                except InvalidJobError as error:
+                    where = f"{self.path} {_JOBS} row job_id={row[0]}"
+                    bad.append((RowProblem(where, str(error)), tuple(row[1:])))
+                    bad_ids.append(row[0])
+            if bad and self.bad_rows == "refuse":
+                raise StoreCorruptError(
+                    f"{self.path} (the server refuses to start rather than drop "
+                    "acknowledged jobs; fix or delete these rows, or start with bad rows "
+                    "quarantined)",
+                    [problem for problem, _ in bad],
+                )
+            if bad:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._quarantine(conn, bad)
+                    conn.executemany(_DELETE, ((job_id,) for job_id in bad_ids))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as error:
+            raise self._failure(error, "loading the jobs") from error
+        return jobs
 
     def apply(self, batch: StoreBatch) -> None:
         """Add and remove jobs in one transaction; durable (fsynced) when this returns.
@@ -448,6 +464,7 @@ class SQLiteStore:
                 self._rollback(conn)
                 raise self._failure(error, f"storing batch {batch.batch_id}") from error
             self.commits += 1
+            self._preloaded = None  # stale now: load() reads the file
 
     def close(self) -> None:
         """Close the file (checkpointing its WAL) and release its lock; idempotent."""

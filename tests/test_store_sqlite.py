@@ -342,8 +342,8 @@ def _store_with_bad_rows(path: Path) -> list[StoredJob]:
 def test_bad_rows_refuse_the_start_and_name_every_row(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     good = _store_with_bad_rows(path)
-    with SQLiteStore(path) as store, pytest.raises(StoreCorruptError) as caught:
-        store.load()
+    with pytest.raises(StoreCorruptError) as caught:
+        SQLiteStore(path)  # refused when opened, before a server could listen
     message = str(caught.value)
     assert "6 bad rows" in message
     for job_id, (_, _, fragment) in BAD_ROWS.items():
@@ -369,17 +369,15 @@ def test_bad_rows_can_be_quarantined(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert quarantined[0][4:7] == (b"f", b"u10", b"data 10")  # raw values kept
     with SQLiteStore(path) as store:  # later starts are clean, even when refusing
         assert store.load() == good
+        assert store.load() == good  # a second load reads the file again
 
 
 def test_rows_are_checked_against_the_servers_limits(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     with SQLiteStore(path) as store:
         store.apply(StoreBatch(1, added=[job(1, data=b"x" * 100)]))
-    with (
-        SQLiteStore(path, limits=Limits(max_packet_size=50)) as store,
-        pytest.raises(StoreCorruptError, match="data is 100 bytes long; the limit is 50"),
-    ):
-        store.load()
+    with pytest.raises(StoreCorruptError, match="data is 100 bytes long; the limit is 50"):
+        SQLiteStore(path, limits=Limits(max_packet_size=50))
 
 
 # ------------------------------------------------------------------ disk full

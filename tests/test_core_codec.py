@@ -332,3 +332,23 @@ def test_raw_packet_frames_anything() -> None:
 def test_field_kinds_cover_every_field() -> None:
     kinds = {f.kind for spec in PACKETS.values() for f in spec.fields}
     assert kinds == set(FieldKind)
+
+
+def test_packet_spec_properties() -> None:
+    spec = PACKETS[PacketType.JOB_ASSIGN_UNIQ]
+    assert spec.name == "JOB_ASSIGN_UNIQ"
+    assert spec.tail == gearproto.FieldSpec("data", FieldKind.DATA)
+    assert spec.nul_terminated == 3
+    assert not spec.may_send_request
+    assert spec.may_send_response
+    assert PACKETS[PacketType.NOOP].tail is None
+    assert PACKETS[PacketType.WORK_DATA].may_send_request
+
+
+def test_decode_body_errors() -> None:
+    with pytest.raises(gearproto._codec.ParseError, match="JOB_ASSIGN needs 2 NUL"):
+        decode_body(11, b"H:1\0f")
+    with pytest.raises(gearproto._codec.ParseError, match="Invalid command expected"):
+        decode_body(43, b"")
+    with pytest.raises(gearproto._codec.ParseError, match="SUBMIT_JOB needs 2 NUL"):
+        decode_slice(7, b"f\0u", 0, 3)

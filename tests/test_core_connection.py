@@ -611,3 +611,27 @@ def test_events_compare_by_class() -> None:
     assert ev.EchoReq(b"x") == ev.EchoReq(b"x")
     assert len({ev.EchoReq(b"x"), ev.EchoRes(b"x"), ev.EchoReq(b"x")}) == 2
     assert ev.CanDo(b"f") != (b"f",)
+
+
+def test_queue_entries_read_well_in_a_debugger() -> None:
+    client, server = client_and_server()
+    relay(client, server, ev.CanDo(b"f"), ev.PreSleep())
+    server.receive_data(raw_packet(REQ, 6, []))
+    remote_error(server)
+    assert [repr(e) for e in server._pending] == [
+        "<2 request(s) without reply, last PreSleep()>",
+        "<refused request; Error(code=b'INVALID_COMMAND', text=b'Command not expected') is owed>",
+    ]
+
+
+def test_finished_handles_are_remembered_boundedly() -> None:
+    client, server = client_and_server()
+    for i in range(1100):
+        handle = b"H:%d" % i
+        relay(client, server, ev.SubmitJob(b"f", b"", b""))
+        relay(server, client, ev.JobCreated(handle))
+        relay(server, client, ev.WorkComplete(handle, b""))
+    client.receive_data(raw_packet(RES, 28, [b"H:1099", b"late"]))
+    assert client.next_event() == ev.WorkData(b"H:1099", b"late")
+    client.receive_data(raw_packet(RES, 28, [b"H:0", b"too late"]))
+    assert not remote_error(client).fatal

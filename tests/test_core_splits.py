@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gearproto import RES, Connection, Side, admin, raw_packet
+from gearproto import RES, Connection, Side, _codec, _connection, admin, raw_packet
 from gearproto import events as ev
 from gearproto.fuzz.selftest_core import drive
 
@@ -247,3 +247,31 @@ def test_big_packet_in_small_pieces_is_joined_once() -> None:
     server.receive_data(pieces[-1])
     assert server.next_events() == [ev.EchoReq(b"z" * (1 << 20))]
     assert server.buffered == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(requests=st.lists(_REQUESTS, min_size=1, max_size=25))
+def test_inline_and_generic_decoders_agree(
+    requests: list[Any], monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    """The inline fast paths give exactly what the table-driven slow path gives."""
+    client = Connection(Side.CLIENT)
+    request_bytes = b"".join(client.send(r) for r in requests)
+    reply_bytes = _serve(requests)
+    runs = []
+    for large_body in (_codec.LARGE_BODY, 0):  # 0: every packet takes the slow path
+        monkeypatch_module.setattr(_connection, "LARGE_BODY", large_body)
+        runs.append(
+            (
+                outcomes(Side.SERVER, [], [request_bytes]),
+                outcomes(Side.CLIENT, requests, [reply_bytes]),
+            )
+        )
+    monkeypatch_module.undo()
+    assert runs[0] == runs[1]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

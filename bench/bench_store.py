@@ -6,6 +6,9 @@ fdatasync latency of the same disk for context.  This is the ceiling of the grou
 commit path: a server that gathers B submissions per commit can acknowledge up to
 B times the commit rate.
 
+Part 3 (``recovery``): with 100,000 jobs queued in a gearmand-format file, the time
+from starting each server to the first JOB_ASSIGN a worker receives.
+
 Part 2 (``servers``): durable background submissions per second against real job
 servers, with 1 and 10 clients, each keeping ``--window`` SUBMIT_JOB_BG requests in
 flight (window 1: a client waits for each JOB_CREATED).  Every server gets a fresh
@@ -33,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -431,6 +436,102 @@ def run_server_part(
     print(f"\nacknowledged jobs missing from a queue file after kill -9, all runs: {verdict}\n")
 
 
+# --------------------------------------------------------------- part 3: recovery
+
+GEARMAND_SCHEMA = (
+    "CREATE TABLE gearman_queue ( unique_key TEXT, function_name TEXT, priority INTEGER, "
+    "data BLOB, when_to_run INTEGER, PRIMARY KEY (unique_key, function_name))"
+)
+CAN_DO = 1
+NO_JOB = 10
+GRAB_JOB_UNIQ = 30
+JOB_ASSIGN_UNIQ = 31
+
+
+def write_gearmand_file(path: Path, jobs: int, payload: int) -> None:
+    """A queue file in gearmand's own schema, as gearmand -q libsqlite3 writes it."""
+    data = os.urandom(payload)
+    conn = sqlite3.connect(path)
+    conn.execute(GEARMAND_SCHEMA)
+    conn.executemany(
+        "INSERT INTO gearman_queue (unique_key, function_name, priority, data, when_to_run)"
+        " VALUES (?, ?, ?, ?, 0)",
+        ((f"r{n}", FUNCTION.decode(), n % 3, data) for n in range(jobs)),
+    )
+    conn.commit()
+    conn.close()
+
+
+def packet(ptype: int, body: bytes = b"") -> bytes:
+    return HEADER.pack(b"\0REQ", ptype, len(body)) + body
+
+
+def first_assign_seconds(template: str, db: Path, tmpdir: Path, timeout: float) -> float:
+    """Seconds from starting the server to the first JOB_ASSIGN_UNIQ a worker gets."""
+    port = free_port()
+    argv = shlex.split(template.format(port=port, db=db, tmpdir=tmpdir, python=sys.executable))
+    start = time.perf_counter()
+    with open(tmpdir / "recovery.out", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        if not wait_listening(port, proc, timeout):
+            raise RuntimeError(f"the server did not start within {timeout:g} s: {argv[0]}")
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(packet(CAN_DO, FUNCTION))
+            while time.perf_counter() - start < timeout:
+                sock.sendall(packet(GRAB_JOB_UNIQ))
+                header = b""
+                while len(header) < 12:
+                    chunk = sock.recv(12 - len(header))
+                    if not chunk:
+                        raise RuntimeError("the server closed the worker's connection")
+                    header += chunk
+                _magic, ptype, size = HEADER.unpack(header)
+                remaining = size
+                while remaining:
+                    remaining -= len(sock.recv(min(remaining, 65536)))
+                if ptype == JOB_ASSIGN_UNIQ:
+                    return time.perf_counter() - start
+                time.sleep(0.01)  # NO_JOB: not loaded yet
+        raise RuntimeError("no job was assigned in time")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+
+def run_recovery_part(
+    servers: list[tuple[str, str]], workdir: Path, jobs: int, payload: int
+) -> None:
+    print(f"## Recovery: {jobs:,} queued jobs in the file, time to the first JOB_ASSIGN\n")
+    print("Each server starts twice on a copy of the same gearmand-format file (the first")
+    print("start of gearproto imports gearmand's table; the restart reads its own).\n")
+    source = workdir / "recovery-source.db"
+    write_gearmand_file(source, jobs, payload)
+    path = workdir / "recovery-store.db"
+    shutil.copy(source, path)
+    started_at = time.perf_counter()
+    SQLiteStore(path).close()  # import into the store format
+    imported = time.perf_counter() - started_at
+    started_at = time.perf_counter()
+    with SQLiteStore(path) as store:
+        loaded = len(store.load())
+    reopen = time.perf_counter() - started_at
+    print(f"SQLiteStore in process: import {imported:.2f} s; open + validate + load of "
+          f"{loaded:,} jobs {reopen:.2f} s\n")  # fmt: skip
+    print("| server | first start s | restart s |")
+    print("| --- | ---: | ---: |")
+    for name, template in servers:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f"recovery-{name}-", dir=workdir))
+        db = tmpdir / "queue.db"
+        shutil.copy(source, db)
+        first = first_assign_seconds(template, db, tmpdir, 300)
+        again = first_assign_seconds(template, db, tmpdir, 300)
+        print(f"| {name} | {first:.2f} | {again:.2f} |", flush=True)
+    print()
+
+
 def parse_server(spec: str) -> tuple[str, str]:
     name, sep, command = spec.partition("=")
     if not sep or not name or " " in name:
@@ -439,17 +540,24 @@ def parse_server(spec: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("gearproto").setLevel(logging.ERROR)  # no import notices in tables
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--part", choices=("all", "store", "servers"), default="all", help="what to run"
+        "--part",
+        choices=("all", "store", "servers", "recovery"),
+        default="all",
+        help="what to run (default all)",
     )
     parser.add_argument("--server", action="append", help="NAME=COMMAND template (repeatable)")
     parser.add_argument("--clients", default="1,10", help="comma list (default 1,10)")
     parser.add_argument("--windows", default="1,100", help="comma list (default 1,100)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per run (default 3)")
     parser.add_argument("--payload", type=int, default=100, help="job bytes (default 100)")
+    parser.add_argument(
+        "--recovery-jobs", type=int, default=100_000, help="jobs in the file (default 100000)"
+    )
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median)")
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (disk)")
     args = parser.parse_args(argv)
@@ -469,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.payload,
                 args.reps,
             )
+        if args.part in ("all", "recovery"):
+            run_recovery_part(servers, workdir, args.recovery_jobs, args.payload)
     return 0
 
 

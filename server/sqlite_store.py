@@ -71,6 +71,9 @@ SCHEMA_VERSION = 1
 
 BadRowPolicy = Literal["refuse", "quarantine"]
 
+#: Seconds an opening store waits for a lock held by another opener.
+_OPEN_TIMEOUT = 0.5
+
 _JOBS = "gearproto_jobs"
 _SCHEMA = "gearproto_schema"
 _QUARANTINE = "gearproto_quarantine"
@@ -215,8 +218,13 @@ class SQLiteStore:
             raise StoreOpenError(f"{where}: directory {self.path.parent} does not exist")
         created = not self.path.exists()
         try:
-            # timeout=0: a file locked by another process is refused at once.
-            conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=0)
+            # A short busy timeout while opening: when two servers start on one file at
+            # the same moment, the loser gives up its read lock and the winner waits for
+            # that instead of failing too.  A file held by a running server is refused
+            # after it.
+            conn = sqlite3.connect(
+                where, isolation_level=None, check_same_thread=False, timeout=_OPEN_TIMEOUT
+            )
         except sqlite3.Error as error:
             raise self._open_error(error) from error
         try:
@@ -232,16 +240,17 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            conn.execute("PRAGMA busy_timeout = 0")  # the lock is ours from now on
+            if created:
+                log.info("created job store %s", where)
+            # The database and WAL files exist now: make their names durable.
+            _fsync_directory(self.path.parent)
         except StoreError:
             conn.close()
             raise
         except sqlite3.Error as error:
             conn.close()
             raise self._open_error(error) from error
-        if created:
-            log.info("created job store %s", where)
-        # The database and WAL files now exist: make their directory entries durable.
-        _fsync_directory(self.path.parent)
         return conn
 
     def _configure(self, conn: sqlite3.Connection, max_bytes: int | None) -> None:

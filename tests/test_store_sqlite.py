@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,54 @@ def test_a_second_process_is_refused_with_a_clear_error(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+RACER = """
+import sys, time
+from gearproto.server.sqlite_store import SQLiteStore
+from gearproto.server.storage import StoreLockedError
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+try:
+    store = SQLiteStore(sys.argv[1])
+except StoreLockedError:
+    print("refused")
+else:
+    time.sleep(1.5)  # hold it while the others try
+    store.close()
+    print("owner")
+"""
+
+
+@pytest.mark.parametrize("existing", ["new file", "gearmand file"])
+def test_servers_starting_together_get_one_owner(tmp_path: Path, existing: str) -> None:
+    path = tmp_path / "q.db"
+    if existing == "gearmand file":
+        conn = sqlite3.connect(path)
+        conn.execute(
+            "CREATE TABLE gearman_queue (unique_key TEXT, function_name TEXT, priority INTEGER,"
+            " data BLOB, when_to_run INTEGER, PRIMARY KEY (unique_key, function_name))"
+        )
+        conn.execute("INSERT INTO gearman_queue VALUES ('u', 'f', 1, x'00', 0)")
+        conn.commit()
+        conn.close()
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    start = time.time() + 1.0
+    racers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
+    assert outcomes == ["owner", "refused", "refused", "refused"]
+    with SQLiteStore(path) as store:
+        assert len(store.load()) == (1 if existing == "gearmand file" else 0)
 
 
 def test_apply_from_a_writer_thread(tmp_path: Path) -> None:

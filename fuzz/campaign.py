@@ -219,7 +219,8 @@ class Campaign:
             self._recover(target, "down before the case")
         obs = execute(case, target, self.config.timeouts)
         state = server_state(target, self.config.timeouts)
-        verdicts = judge(obs, state, rss_limit=self.config.rss_limit)
+        crash_log = target.log_tail() if state.state == "crashed" else ""
+        verdicts = judge(obs, state, rss_limit=self.config.rss_limit, crash_log=crash_log)
         if state.state != "up":
             self._recover(target, state.detail)
         return obs, verdicts
@@ -288,8 +289,6 @@ class Campaign:
             if original_hits > hits:
                 reproducer, hits, best = case, original_hits, matched[0] if matched else verdict
         evidence: dict[str, Any] = {}
-        if target is not None and verdict.cls is FindingClass.CRASH and target.log_tail():
-            evidence["server_log_tail"] = target.log_tail()
         if target is not None:
             evidence["server"] = self.info.get(target.label, {})
         finding = Finding(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from gearproto import PacketType, admin, events
 
 from .listings import Ownership, forged_rows
-from .shadow import WORK_TYPES, Request
+from .shadow import ANY_CODE, WORK_TYPES, Request
 from .wire import Reply
 
 __all__ = ["MatchResult", "ReplyMatcher"]
@@ -56,7 +56,7 @@ def _accepts(request: Request, reply: Reply) -> float | None:
     if reply.ptype == _T.ERROR:
         code = reply.fields[0]
         if request.kind == "silent":
-            return 0.0 if code in request.codes else None
+            return 0.0 if code in request.codes or request.codes is ANY_CODE else None
         if request.kind == "error":
             return 0.0 if code in request.codes or not request.codes else 0.1
         return 0.0 if request.kind == "packet" else None
@@ -65,7 +65,10 @@ def _accepts(request: Request, reply: Reply) -> float | None:
     # Replies that echo part of their request must echo the right request.
     event = request.event
     if isinstance(event, events.GetStatus | events.GetStatusUnique):
-        return 0.0 if reply.fields[:1] == (event[0],) else None
+        # A NUL inside the asked-for id makes any answer ambiguous; servers echo the
+        # id whole or up to the NUL.
+        asked = event[0]
+        return 0.0 if reply.fields[0] in (asked, asked.split(b"\0", 1)[0]) else None
     if isinstance(event, events.EchoReq):
         return 0.0 if reply.fields == (event.data,) else None
     return 0.0
@@ -226,8 +229,9 @@ class ReplyMatcher:
                 self._listing.append(line)
             return
         if not self._admin:
-            self.result.violations.append(f"admin line {line[:40]!r} received, but no admin"
-                                          " command is owed a reply")
+            self.result.violations.append(
+                f"admin line {line[:40]!r} received, but no admin command is owed a reply"
+            )
             return
         request = self._admin.popleft()
         if request.kind == "listing":

@@ -11,6 +11,7 @@ other cases on a long-lived server are not blamed on this one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,14 +37,47 @@ class Ownership:
         names = set(names)
         return cls(tuple(p for p in prefixes if p), names, names)
 
+    def shows_function(self, shown: bytes) -> bool:
+        """``shown`` is a registered function name, verbatim or escaped."""
+        return shown in self.functions or _escaped_form(shown, self.functions)
+
     def owns(self, text: bytes) -> bool:
         return any(text.startswith(p) for p in self.prefixes)
 
     def id_known(self, shown: bytes) -> bool:
         # gearmand truncates ids to 127 bytes, which is display, not forgery.
-        return shown in self.client_ids or (
-            len(shown) >= 64 and any(i.startswith(shown) for i in self.client_ids)
+        return (
+            shown in self.client_ids
+            or (len(shown) >= 64 and any(i.startswith(shown) for i in self.client_ids))
+            or _escaped_form(shown, self.client_ids)
         )
+
+
+_SEPARATORS = re.compile(rb"[\x00-\x20\x7f]+")
+
+
+def _escaped_form(shown: bytes, names: set[bytes]) -> bool:
+    """Whether ``shown`` renders one of ``names`` with its control bytes escaped.
+
+    A server may print ``a\\nb``, ``a%0Ab`` or ``a?b`` for a name ``a<LF>b``; that is
+    honest output.  Forgery needs the raw byte, so ``shown`` must hold no control
+    byte or space, and every printable run of the name must appear in it, in order.
+    """
+    if _SEPARATORS.search(shown):
+        return False
+    for name in names:
+        parts = [p for p in _SEPARATORS.split(name) if p]
+        if len(parts) < 2 or not shown.startswith(parts[0]):
+            continue
+        pos = 0
+        for part in parts:
+            pos = shown.find(part, pos)
+            if pos < 0:
+                break
+            pos += len(part)
+        else:
+            return True
+    return False
 
 
 def forged_rows(command: type[Any], rows: list[bytes], owner: Ownership) -> list[str]:
@@ -59,7 +93,7 @@ def forged_rows(command: type[Any], rows: list[bytes], owner: Ownership) -> list
                 problems.append(f"{command.__name__.lower()} row {row[:80]!r} does not parse")
                 continue
             name = reply.rows[0].function  # type: ignore[union-attr]
-            if name not in owner.functions:
+            if not owner.shows_function(name):
                 problems.append(
                     f"{command.__name__.lower()} lists function {name[:80]!r}, which was never"
                     " registered"
@@ -85,6 +119,6 @@ def forged_rows(command: type[Any], rows: list[bytes], owner: Ownership) -> list
                 f"workers row of {worker.client_id[:40]!r} lists function"
                 f" {function[:80]!r}, which was never registered"
                 for function in worker.functions
-                if function not in owner.functions
+                if function and not owner.shows_function(function)
             ]
     return problems

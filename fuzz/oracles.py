@@ -8,8 +8,11 @@ live in :mod:`gearproto.fuzz.model` and :mod:`gearproto.fuzz.driver`.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
+
+from gearproto import PacketType
 
 from .case import Case
 from .execute import PROBE_LABEL, ConnObservation, Observation, Timeouts
@@ -172,6 +175,9 @@ def judge_connection(obs: ConnObservation, owner: Ownership | None = None) -> li
     elif obs.probe == "closed":
         owed = [r for r in matcher.unanswered if r.label != PROBE_LABEL]
         culprit = _close_culprit(obs, matcher)
+        if culprit is not None and _refused(culprit, matcher):
+            # The server said no (ERROR / ERR) and hung up: a legitimate refusal.
+            return verdicts
         key = _label(culprit) if culprit else "empty"
         if culprit is None:
             what = "closed the connection after an empty case"
@@ -209,6 +215,15 @@ def _oddness(request: Request) -> int:
     return 0
 
 
+def _refused(request: Request, matcher: ReplyMatcher) -> bool:
+    for answered, reply in matcher.answered:
+        if answered is request:
+            return (
+                reply.kind == "packet" and reply.ptype == PacketType.ERROR
+            ) or reply.line.startswith(b"ERR ")
+    return False
+
+
 def _close_culprit(obs: ConnObservation, matcher: ReplyMatcher) -> Request | None:
     """The request that most likely made the server close the connection.
 
@@ -232,8 +247,13 @@ def judge(
     state: ServerState,
     *,
     rss_limit: int | None = DEFAULT_RSS_LIMIT,
+    crash_log: str = "",
 ) -> list[Verdict]:
-    """Every verdict about one case run (server-wide ones first)."""
+    """Every verdict about one case run (server-wide ones first).
+
+    ``crash_log`` is the end of the server's log, if the fuzzer started the server
+    (used to tell crashes apart).
+    """
     case = observation.case
     family = case.generator.split(".", 1)[0]
     verdicts: list[Verdict] = []
@@ -241,9 +261,9 @@ def judge(
         verdicts.append(
             Verdict(
                 FindingClass.CRASH,
-                _crash_key(observation),
+                crash_signature(crash_log, state.detail),
                 f"the target died during the case ({state.detail})",
-                {"exit": state.detail},
+                {"exit": state.detail, **({"log": crash_log[-3000:]} if crash_log else {})},
             )
         )
         return verdicts
@@ -279,12 +299,23 @@ def judge(
     return verdicts
 
 
-def _crash_key(observation: Observation) -> str:
-    """What the last request before the crash was: crashes are told apart by that."""
-    last = ""
-    for obs in observation.conns.values():
-        if obs.shadow.fatal:
-            last = "fatal:" + normalise(obs.shadow.fatal, 40)
-        elif obs.shadow.requests:
-            last = _label(obs.shadow.requests[-1])
-    return last or observation.case.generator.split(".", 1)[0]
+_FRAME = re.compile(r"\((\+0x[0-9a-f]+)\)")
+_PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def crash_signature(log: str, exit_detail: str) -> str:
+    """Tell crashes apart by where they happened, when the server's log says so.
+
+    gearmand prints a backtrace of ``binary(+offset)`` frames on a fatal signal; the
+    first two frames are its own signal handler.  A Python server prints a
+    traceback.  Without either, the exit status is all there is.
+    """
+    frames = _FRAME.findall(log)
+    if len(frames) >= 4:
+        return "bt:" + ",".join(frames[2:5])
+    py = _PY_FRAME.findall(log)
+    if py:
+        path, line = py[-1]
+        error = log.strip().splitlines()[-1].split(":", 1)[0][:40]
+        return f"py:{path.rsplit('/', 1)[-1]}:{line}:{error}"
+    return normalise(exit_detail, 40)

@@ -86,6 +86,8 @@ WORK_TYPES = frozenset(
         _T.WORK_WARNING,
     }
 )
+#: Stands for every ERROR code in :attr:`Request.codes`.
+ANY_CODE = frozenset({b"*"})
 #: ERROR codes a request without a reply may draw, by request kind.
 WORK_ERRORS = frozenset({ErrorCode.JOB_NOT_FOUND, ErrorCode.ARGUMENT_TOO_LARGE})
 OTHER_ERRORS = frozenset(
@@ -251,6 +253,8 @@ def shadow_parse(data: bytes) -> ShadowConn:
         except RemoteProtocolError as exc:
             if exc.fatal:
                 out.fatal = str(exc)
+                # A server may explain why it closes with one last ERROR.
+                out.requests.append(Request("fatal-frame", "silent", codes=ANY_CODE))
                 return out
             code = exc.code or b""
             if code == ErrorCode.JOB_NOT_FOUND:
@@ -271,6 +275,9 @@ def shadow_parse(data: bytes) -> ShadowConn:
             continue
         if event is NEED_DATA:
             out.incomplete = conn.buffered
+            if out.incomplete:
+                # A server may refuse the unfinished packet before it ends (a size limit).
+                out.requests.append(Request("unfinished-frame", "silent", codes=ANY_CODE))
             return out
         if isinstance(event, events.ConnectionClosed):
             return out

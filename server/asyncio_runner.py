@@ -24,13 +24,21 @@ from .storage import JobStore, StoreBatch
 __all__ = ["AsyncioRunner", "MemoryStream"]
 
 
-class _ServerProtocol(asyncio.Protocol):
-    __slots__ = ("conn_id", "runner", "transport")
+_READ_SIZE = 256 * 1024
+
+
+class _ServerProtocol(asyncio.BufferedProtocol):
+    """Reads into the runner's shared scratch buffer, or, while a big packet is
+    arriving, straight into that packet's own buffer (no copy of big payloads)."""
+
+    __slots__ = ("_filled", "_frame_view", "conn_id", "runner", "transport")
 
     def __init__(self, runner: AsyncioRunner) -> None:
         self.runner = runner
         self.conn_id = 0
         self.transport: asyncio.Transport | None = None
+        self._frame_view: memoryview | None = None
+        self._filled = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         runner = self.runner
@@ -54,9 +62,27 @@ class _ServerProtocol(asyncio.Protocol):
         runner.sinks[conn_id] = transport  # type: ignore[assignment]
         runner.core.connect(conn_id, PeerInfo(host, port, fd))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._frame_view is not None:
+            return self._frame_view[self._filled :]
+        return self.runner.scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
         runner = self.runner
-        runner.core.receive(self.conn_id, data, time.time())
+        core = runner.core
+        frame = self._frame_view
+        if frame is not None:
+            self._filled += nbytes
+            if self._filled < len(frame):
+                return
+            self._frame_view = None
+            core.receive_frame(self.conn_id, frame, time.time())
+            del frame
+        else:
+            core.receive(self.conn_id, bytes(runner.scratch[:nbytes]), time.time())
+            large = core.take_large_frame(self.conn_id)
+            if large is not None:
+                self._frame_view, self._filled = large
         if not runner.flush_scheduled:
             # Flush once per loop iteration: replies produced by every connection that
             # was readable in this iteration go out in one write per peer.
@@ -107,6 +133,8 @@ class AsyncioRunner(RunnerBase):
         self._stopped = asyncio.Event()
         self._idle_check = False
         self.flush_scheduled = False
+        # One read buffer for every connection: a read is consumed before the next.
+        self.scratch = memoryview(bytearray(_READ_SIZE))
 
     # ----------------------------------------------------------------- listening
 

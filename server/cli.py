@@ -256,11 +256,21 @@ def _write_pid(pid_file: str | None) -> None:
 
 async def _serve_asyncio(server: JobServer, pid_file: str | None) -> None:
     loop = asyncio.get_running_loop()
+    # Handlers go in before the port opens, so that a signal sent as soon as the
+    # server accepts connections is never lost (it is replayed once running).
+    requested: list[bool] = []
+
+    def on_signal(graceful: bool) -> None:
+        requested.append(graceful)
+        server.stop(graceful=graceful)
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal, False)
+    loop.add_signal_handler(signal.SIGINT, on_signal, False)
+    loop.add_signal_handler(signal.SIGUSR1, on_signal, True)
+    loop.add_signal_handler(signal.SIGHUP, _reopen_logs)
     async with server:
-        loop.add_signal_handler(signal.SIGTERM, server.stop)
-        loop.add_signal_handler(signal.SIGINT, server.stop)
-        loop.add_signal_handler(signal.SIGUSR1, lambda: server.stop(graceful=True))
-        loop.add_signal_handler(signal.SIGHUP, _reopen_logs)
+        if requested:
+            server.stop(graceful=all(requested))
         _write_pid(pid_file)
         log.info("listening on %s", server.addresses)
         await server.serve_forever()
@@ -269,11 +279,11 @@ async def _serve_asyncio(server: JobServer, pid_file: str | None) -> None:
 async def _serve_trio(server: JobServer, pid_file: str | None) -> None:
     import trio
 
-    async with server:
-        _write_pid(pid_file)
-        with trio.open_signal_receiver(
-            signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP
-        ) as signals:
+    with trio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP
+    ) as signals:
+        async with server:
+            _write_pid(pid_file)
             async with trio.open_nursery() as nursery:
 
                 async def watch() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import count, islice
@@ -126,6 +127,7 @@ class ServerCore:
         self._epochs: list[tuple[float, int, Job]] = []
         self._timeouts: list[tuple[float, int, Job, Peer, int]] = []
         self._dirty: list[Peer] = []
+        self._frame_pool: list[bytearray] = []
         # The latest time seen, for work done outside a timed call (drain).
         self._now = 0.0
         # Durable store work: the batch being gathered, and batches being applied.
@@ -333,6 +335,105 @@ class ServerCore:
             # A packet needs its header, then its body; a line needs one more byte.
             need = rest + 1 if tail[0] else (12 + unpack(tail, 0)[2] if rest >= 12 else 12)
             peer.need = need - rest
+
+    # ------------------------------------------------------------- large frames
+    #
+    # A runner that can read into a buffer of its choice (asyncio's BufferedProtocol)
+    # asks take_large_frame() after each receive(): when the connection is in the
+    # middle of a big packet, the core hands over a buffer of the packet's exact size
+    # with what arrived so far, the runner reads the rest straight into it, and gives
+    # it back with receive_frame().  The payload is then used in place (a memoryview),
+    # never joined or sliced: megabyte jobs cross the server without a user-space copy.
+
+    #: Packets at least this large (header included) take the large-frame path.
+    LARGE_FRAME = 1 << 16
+
+    def take_large_frame(self, conn_id: Any) -> tuple[memoryview, int] | None:
+        """The buffer for the big packet ``conn_id`` is receiving (exactly its size),
+        and how much of it is filled; ``None`` if it is not receiving one."""
+        peer = self._peers.get(conn_id)
+        if peer is None or not peer.buffered or peer.closing:
+            return None
+        head = peer.buffered[0]
+        if head[0] != 0 or len(head) < 12:
+            return None
+        magic, ptype, size = wire._unpack(head, 0)
+        total = 12 + size
+        if total < self.LARGE_FRAME or magic != b"\0REQ" or size > self._max_packet:
+            return None
+        if ptype not in _LARGE_FRAME_TYPES:
+            return None
+        frame = self._frame_buffer(total)
+        filled = 0
+        for chunk in peer.buffered:
+            frame[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        peer.buffered = []
+        peer.need = 0
+        return memoryview(frame)[:total], filled
+
+    def _frame_buffer(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes, reused once nothing refers to it.
+
+        Allocating (and zero-filling) a fresh megabyte for every big packet costs
+        more than the packet's trip through the server; a payload in use keeps its
+        buffer alive through the memoryview that refers to it, so a buffer whose only
+        holder is the pool is free to be filled again.
+        """
+        pool = self._frame_pool
+        for buffer in pool:
+            # References: the pool's list, ``buffer`` and getrefcount's argument.
+            if size <= len(buffer) <= 2 * size and _refcount(buffer) <= 3:
+                return buffer
+        capacity = -(-size // _FRAME_ROUND) * _FRAME_ROUND
+        buffer = bytearray(capacity)
+        if capacity <= _POOL_MAX_BUFFER:
+            if len(pool) >= _POOL_BUFFERS:
+                pool.pop(0)
+            pool.append(buffer)
+        return buffer
+
+    def receive_frame(self, conn_id: Any, frame_view: memoryview, now: float) -> None:
+        """A big packet handed out by :meth:`take_large_frame`, now complete."""
+        peer = self._peers.get(conn_id)
+        if peer is None or peer.closing:
+            return
+        self._now = now
+        frame: bytearray = frame_view.obj  # type: ignore[assignment]
+        end = len(frame_view)
+        view = frame_view.toreadonly()
+        ptype = wire._unpack(frame, 0)[1]
+        limits = self._limits
+        if ptype in _SUBMIT_TYPES:
+            nul1 = frame.find(b"\0", 12, end)
+            nul2 = frame.find(b"\0", nul1 + 1, end) if nul1 >= 0 else -1
+            if 0 <= nul1 - 12 <= limits.max_function and 0 <= nul2 - nul1 - 1 <= limits.max_unique:
+                priority, background = _SUBMIT_TYPES[ptype]
+                unique = bytes(frame[nul1 + 1 : nul2])
+                payload: Any = view[nul2 + 1 :]
+                if unique == b"-":
+                    payload = bytes(payload)  # coalesced by payload: it must be hashable
+                self._submit(
+                    peer, bytes(frame[12:nul1]), unique, payload, priority, background, 0, b"",
+                    now,
+                )  # fmt: skip
+                return
+        elif ptype in _HANDLE_DATA_TYPES:
+            nul = frame.find(b"\0", 12, end)
+            if 0 <= nul - 12 <= limits.max_handle:
+                handle = bytes(frame[12:nul])
+                payload = view[nul + 1 :]
+                if ptype == 13:
+                    self._complete(peer, handle, payload)
+                else:
+                    event = _tuple_new(_HANDLE_DATA_TYPES[ptype], (handle, payload))
+                    self._dispatch[type(event)](peer, event, now)
+                return
+        elif ptype == 16:
+            self._outs(peer, wire.echo_res(view[12:end]))  # type: ignore[arg-type]
+            return
+        # Anything else (or malformed) goes the ordinary way.
+        self.receive(conn_id, bytes(view), now)
 
     def _judge(self, peer: Peer, data: bytes, now: float) -> None:
         """Let the protocol core decide about bytes the fast path declined."""
@@ -619,6 +720,8 @@ class ServerCore:
     def _persist(self, job: Job) -> None:
         job.store_id = next(self._store_seq)
         job.batch = self._batch_id
+        if type(job.data) is not bytes:
+            job.data = bytes(job.data)  # a store keeps bytes, not a view of a buffer
         self._adds.append(
             StoredJob(
                 job.store_id,
@@ -1132,6 +1235,19 @@ _with_payload = wire.Encoder.with_payload
 _pack_header = wire._pack
 _RES = b"\0RES"
 _JOIN_PAYLOAD = wire._JOIN_PAYLOAD
+_tuple_new = tuple.__new__
+_refcount = sys.getrefcount
+# Big-packet buffers: sizes rounded to this, at most this many kept for reuse, and
+# none larger than this kept.
+_FRAME_ROUND = 1 << 16
+_POOL_BUFFERS = 8
+_POOL_MAX_BUFFER = 4 << 20
+_HANDLE_DATA_TYPES: dict[int, type[Any]] = {
+    13: ev.WorkComplete,
+    25: ev.WorkException,
+    28: ev.WorkData,
+    29: ev.WorkWarning,
+}
 _SUBMIT_TYPES = {
     7: (1, False),
     18: (1, True),
@@ -1140,6 +1256,8 @@ _SUBMIT_TYPES = {
     33: (2, False),
     34: (2, True),
 }
+# Packets whose payload the large-frame path uses in place.
+_LARGE_FRAME_TYPES = frozenset(_SUBMIT_TYPES) | frozenset(_HANDLE_DATA_TYPES) | {16}
 # gearmand's texts for ERROR JOB_NOT_FOUND, which differ by packet type.
 _NOT_FOUND_RESULT = b"Job given in work result not found"
 _NOT_FOUND_DATA = b"Job does not exist on server"

@@ -254,3 +254,45 @@ def test_stop_from_another_thread() -> None:
         stopper.start()
         stopper.join()
     assert server._thread is None
+
+
+def test_large_payloads_cross_intact_while_buffers_are_reused() -> None:
+    """Big packets take the zero-copy path (pooled receive buffers): many of them in
+    flight at once, of different sizes and contents, must all arrive unchanged."""
+
+    async def main() -> None:
+        async with JobServer() as server:
+            wsend, wrecv, wwriter = await _asyncio_tcp(server.address)
+            csend, crecv, cwriter = await _asyncio_tcp(server.address)
+            payloads = [bytes([i]) * (70_000 + i * 300_000) + b"end%d" % i for i in range(8)]
+            payloads.append(b"-" * 200_000)
+            client = Connection(Side.CLIENT)
+            for index, payload in enumerate(payloads):
+                unique = b"-" if index == len(payloads) - 1 else b""
+                await csend(client.send(SubmitJob(b"reverse", unique, payload)))
+                await csend(client.send(SubmitJob(b"reverse", unique, payload)))  # twice
+            handles = []
+            for _ in range(2 * len(payloads)):
+                event = await next_event(client, crecv)
+                assert isinstance(event, JobCreated)
+                handles.append(event.handle)
+            assert handles[-1] == handles[-2]  # "-" coalesced the identical payloads
+            worker = asyncio.create_task(reverse_worker(wsend, wrecv, 2 * len(payloads) - 1))
+            results: dict[bytes, list[bytes]] = {}
+            for _ in range(2 * len(payloads)):
+                event = await next_event(client, crecv)
+                assert isinstance(event, WorkComplete)
+                results.setdefault(event.handle, []).append(event.data)
+            await worker
+            for index, payload in enumerate(payloads[:-1]):
+                for handle in handles[2 * index : 2 * index + 2]:
+                    assert results[handle] == [payload[::-1]]
+            assert results[handles[-1]] == [payloads[-1][::-1]] * 2
+            # The big packets did go through the pooled-buffer path.
+            assert server.core is not None
+            assert server.core._frame_pool
+            for writer in (wwriter, cwriter):
+                writer.close()
+                await writer.wait_closed()
+
+    asyncio.run(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from helpers.procs import gearmand  # noqa: E402
+from helpers.procs import gearmand
 
 WORKER = """
 import asyncio, sys
@@ -95,7 +95,7 @@ def run_gear(address: str, jobs: int) -> float:
     count = [0]
 
     class CountingClient(gear.Client):  # type: ignore[misc]
-        def handleWorkComplete(self, packet: object) -> object:  # noqa: N802 - gear's API
+        def handleWorkComplete(self, packet: object) -> object:
             job = super().handleWorkComplete(packet)
             count[0] += 1
             if count[0] == jobs:

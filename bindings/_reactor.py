@@ -55,6 +55,8 @@ class Reactor:
         self._wake_pending = False
         self.thread_id: int | None = None
         self.stopping = False
+        #: Set by shutdown(): every socket is closed and no new one may be kept.
+        self.closed = False
         self._dirty: list[Slot] = []
         self._to_connect: list[Slot] = []
         self._connects: dict[Slot, tuple[int, float | None]] = {}
@@ -203,6 +205,12 @@ class Reactor:
         except OSError as exc:
             error = exc
         with self.lock:
+            if self.closed:
+                # The loop is gone (the client closed while we were connecting): nobody
+                # would ever take this socket, so close it here instead of leaking it.
+                if sock is not None:
+                    sock.close()
+                return
             self._connected.append((slot, attempt, sock, error))
             self.wake()
 
@@ -303,6 +311,12 @@ class Reactor:
                         conn.sock.settimeout(1.0)
                         conn.sock.sendall(conn.out)
                 self._drop(conn)
+            # Connections that completed after the loop's last iteration.
+            while self._connected:
+                sock = self._connected.popleft()[2]
+                if sock is not None:
+                    sock.close()
+            self.closed = True
             self.selector.close()
             self._wake_r.close()
             self._wake_w.close()

@@ -25,18 +25,18 @@ class FakeServer:
     def __init__(self, behaviour: str) -> None:
         self.behaviour = behaviour
         self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)  # the acceptor polls the stop flag
         self.port: int = self.listener.getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
         self.requests: list[object] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
-        accept = threading.Thread(target=self._accept, daemon=True)
-        accept.start()
-        self._threads.append(accept)
+        self._lock = threading.Lock()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
-        self.listener.settimeout(0.05)
         while not self._stop.is_set():
             try:
                 sock, _ = self.listener.accept()
@@ -44,16 +44,24 @@ class FakeServer:
                 continue
             except OSError:
                 return
-            self._socks.append(sock)
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            # Clients reconnect on their own (backoff after a fault), so a connection
+            # can arrive while close() runs: register it under the lock, or drop it.
+            with self._lock:
+                if self._stop.is_set():
+                    sock.close()
+                    return
+                self._socks.append(sock)
+                thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+                self._threads.append(thread)
+                thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
         conn = Connection(Side.SERVER)
-        sock.settimeout(0.05)
         handles = 0
+        # Every socket call is inside: close() only closes a socket after its thread
+        # ended, but a peer's reset must not end the thread with an exception either.
         with contextlib.suppress(OSError):
+            sock.settimeout(0.05)
             while not self._stop.is_set():
                 try:
                     data = sock.recv(65536)
@@ -89,13 +97,21 @@ class FakeServer:
                         return
 
     def close(self) -> None:
+        """Stop accepting, let every connection thread end, then close the sockets.
+
+        The order matters: a socket closed under a thread still using it makes that
+        thread fail with EBADF (an unhandled thread exception fails the test).
+        """
         self._stop.set()
+        self._acceptor.join(5)
         self.listener.close()
-        for sock in self._socks:
+        with self._lock:
+            threads, socks = list(self._threads), list(self._socks)
+        for thread in threads:
+            thread.join(5)  # each one polls the stop flag every 0.05 s
+        for sock in socks:
             with contextlib.suppress(OSError):
                 sock.close()
-        for thread in self._threads:
-            thread.join(2)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_module
 import sys
 import threading
 import time
@@ -60,6 +61,8 @@ class JobServer:
             jobs, loaded at start; ``None`` keeps everything in memory.
         backlog: ``listen()`` backlog.
         keepalive: ``(idle, interval, count)`` to turn TCP keepalive on.
+        ssl: a server-side ``ssl.SSLContext``: every connection is TLS (the verified
+            client certificate, under mutual TLS, is in ``PeerInfo.peercert``).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class JobServer:
         store: JobStore | None = None,
         backlog: int = 32,
         keepalive: tuple[int, int, int] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
         **settings: Any,
     ) -> None:
         config = config if config is not None else ServerConfig()
@@ -84,6 +88,7 @@ class JobServer:
         self.store = store
         self.backlog = backlog
         self.keepalive = keepalive
+        self.ssl = ssl
         self.core: ServerCore | None = None
         self._runner: Any = None
         self._library: str | None = None
@@ -133,7 +138,7 @@ class JobServer:
             runner = AsyncioRunner(core, self.store, keepalive=self.keepalive)
             self._runner = runner
             if self.port is not None:
-                await runner.listen(self.host, self.port, self.backlog)
+                await runner.listen(self.host, self.port, self.backlog, ssl=self.ssl)
         else:
             from .trio_runner import TrioRunner
 
@@ -144,7 +149,7 @@ class JobServer:
             self._exit_stack = stack
             if self.port is not None:
                 try:
-                    await trio_runner.listen(self.host, self.port, self.backlog)
+                    await trio_runner.listen(self.host, self.port, self.backlog, ssl=self.ssl)
                 except BaseException:
                     await stack.aclose()
                     raise

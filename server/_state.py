@@ -36,6 +36,8 @@ class PeerInfo(NamedTuple):
     port: int = 0
     #: The server-side file descriptor gearmand shows in ``workers``; -1 if none.
     fd: int = -1
+    #: The peer's verified TLS certificate (``ssl.SSLSocket.getpeercert()``), if any.
+    peercert: Any = None
 
 
 class Job:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl as ssl_module
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +61,8 @@ class _ServerProtocol(asyncio.BufferedProtocol):
             host, port = str(peer[0]), int(peer[1])
         self.conn_id = conn_id = runner.new_conn_id()
         runner.sinks[conn_id] = transport  # type: ignore[assignment]
-        runner.core.connect(conn_id, PeerInfo(host, port, fd))
+        peercert = transport.get_extra_info("peercert")
+        runner.core.connect(conn_id, PeerInfo(host, port, fd, peercert))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._frame_view is not None:
@@ -138,9 +140,21 @@ class AsyncioRunner(RunnerBase):
 
     # ----------------------------------------------------------------- listening
 
-    async def listen(self, host: str | Sequence[str], port: int, backlog: int = 32) -> None:
+    async def listen(
+        self,
+        host: str | Sequence[str],
+        port: int,
+        backlog: int = 32,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        """Listen on ``host``:``port``; with ``ssl``, every connection is TLS."""
         server = await self.loop.create_server(
-            lambda: _ServerProtocol(self), host, port, backlog=backlog, reuse_address=True
+            lambda: _ServerProtocol(self),
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+            ssl=ssl,
         )
         self.servers.append(server)
 

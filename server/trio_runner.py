@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+import ssl as ssl_module
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -63,6 +64,7 @@ class TrioRunner(RunnerBase):
     ) -> None:
         super().__init__(core, store)
         self.keepalive = keepalive
+        self.ssl: ssl_module.SSLContext | None = None
         self.listeners: list[trio.SocketListener] = []
         self._nursery: trio.Nursery | None = None
         self._listen_scope = trio.CancelScope()
@@ -86,7 +88,15 @@ class TrioRunner(RunnerBase):
 
     # ----------------------------------------------------------------- listening
 
-    async def listen(self, host: str | Sequence[str], port: int, backlog: int = 32) -> None:
+    async def listen(
+        self,
+        host: str | Sequence[str],
+        port: int,
+        backlog: int = 32,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        """Listen on ``host``:``port``; with ``ssl``, every connection is TLS."""
+        self.ssl = ssl
         hosts = [host] if isinstance(host, str) else list(host)
         for one in hosts:
             listeners = await trio.open_tcp_listeners(port, host=one, backlog=backlog)
@@ -122,7 +132,18 @@ class TrioRunner(RunnerBase):
         if self.keepalive is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        await self._run_connection(stream, PeerInfo(host, port, fd))
+        peercert = None
+        served: Any = stream
+        if self.ssl is not None:
+            served = trio.SSLStream(stream, self.ssl, server_side=True)
+            try:
+                with trio.fail_after(30):
+                    await served.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, OSError):
+                await trio.aclose_forcefully(stream)
+                return
+            peercert = served.getpeercert()
+        await self._run_connection(served, PeerInfo(host, port, fd, peercert))
 
     async def _run_connection(self, stream: Any, info: PeerInfo) -> None:
         conn_id = self.new_conn_id()

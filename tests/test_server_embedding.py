@@ -296,3 +296,55 @@ def test_large_payloads_cross_intact_while_buffers_are_reused() -> None:
                 await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_tls_with_client_certificates_on_asyncio_and_trio() -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    ca.issue_cert("client@example.org", common_name="worker-7").configure_cert(client_context)
+
+    def subject(peercert: Any) -> dict[str, str]:
+        return {k: v for rdn in peercert["subject"] for k, v in rdn}
+
+    async def asyncio_main() -> tuple[bytes, Any]:
+        async with JobServer(ssl=server_context) as server:
+            reader, writer = await asyncio.open_connection(
+                *server.address, ssl=client_context, server_hostname="127.0.0.1"
+            )
+            writer.write(b"\0REQ\0\0\0\x10\0\0\0\x04ping")
+            echoed = await reader.readexactly(16)
+            assert server.core is not None
+            (peer,) = list(server.core.peers())
+            writer.close()
+            await writer.wait_closed()
+            return echoed, peer.info.peercert
+
+    echoed, peercert = asyncio.run(asyncio_main())
+    assert echoed == b"\0RES\0\0\0\x11\0\0\0\x04ping"
+    assert subject(peercert)["commonName"] == "worker-7"
+
+    async def trio_main() -> tuple[bytes, Any]:
+        async with JobServer(ssl=server_context) as server:
+            tcp = await trio.open_tcp_stream(*server.address)
+            stream = trio.SSLStream(tcp, client_context, server_hostname="127.0.0.1")
+            await stream.send_all(b"\0REQ\0\0\0\x10\0\0\0\x04pong")
+            echoed = b""
+            while len(echoed) < 16:
+                echoed += await stream.receive_some(100)
+            assert server.core is not None
+            (peer,) = list(server.core.peers())
+            await stream.aclose()
+            return echoed, peer.info.peercert
+
+    echoed, peercert = trio.run(trio_main)
+    assert echoed == b"\0RES\0\0\0\x11\0\0\0\x04pong"
+    assert subject(peercert)["commonName"] == "worker-7"

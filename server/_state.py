@@ -156,7 +156,6 @@ class Peer:
         "following",
         "funcs",
         "held",
-        "holding",
         "info",
         "need",
         "noop_sent",
@@ -197,8 +196,6 @@ class Peer:
         self.dirty = False
         #: Close after the output is flushed.
         self.closing = False
-        #: Jobs whose JOB_CREATED to this peer waits for a store commit.
-        self.holding = 0
 
     def __repr__(self) -> str:
         return f"<Peer {self.conn_id!r} {self.info.host}>"

@@ -37,16 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from . import admin as _admin
-from ._codec import (
-    LARGE_BODY,
-    MAX_TYPE,
-    ParseError,
-    decode_body,
-    decode_slice,
-    encode,
-    encode_parts,
-    event_fields,
-)
+from ._codec import HEADER, LARGE_BODY, MAX_TYPE, ParseError, decode_body, decode_slice
 from ._spec import PACKETS, REQ, RES, Direction, FieldKind, PacketType
 from .admin import AdminCommand, AdminError, AdminReply
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -269,29 +260,20 @@ _TOO_LARGE_TEXT = {
 }
 
 
-class _Run:
-    """A run of consecutive requests that get no reply unless they fail.
+# A run of consecutive requests that get no reply unless they fail is one queue
+# entry: a plain list (built inline by the parse loop, where a constructor call
+# would cost more than the rest of the packet) of
+#   [count, work, last, work_last, other_last]
+# -- ``work`` of the ``count`` requests are WORK_*; the latest request of each group
+# is what an ERROR attributed to the run reports as answered.  Requests and admin
+# commands are tuples and _Owed is its own class, so ``type(entry) is list`` tells
+# a run apart.
+_COUNT, _WORK, _LAST, _WORK_LAST, _OTHER_LAST = range(5)
 
-    ``work`` of the ``count`` requests are WORK_*; the latest request of each group
-    is what an ERROR attributed to the run reports as answered.
-    """
 
-    __slots__ = ("count", "last", "other_last", "work", "work_last")
-
-    def __init__(self, count: int, work: int, last: Any, work_last: Any, other_last: Any) -> None:
-        self.count = count
-        self.work = work
-        self.last = last
-        self.work_last = work_last
-        self.other_last = other_last
-
-    @property
-    def mask(self) -> int:
-        """Which groups of ERROR codes the run may draw."""
-        return (_WORK_BIT if self.work else 0) | (_OTHER_BIT if self.count > self.work else 0)
-
-    def __repr__(self) -> str:
-        return f"<{self.count} request(s) without reply, last {self.last!r}>"
+def _run_mask(run: list[Any]) -> int:
+    """Which groups of ERROR codes a run may draw."""
+    return (_WORK_BIT if run[_WORK] else 0) | (_OTHER_BIT if run[_COUNT] > run[_WORK] else 0)
 
 
 class _Owed:
@@ -309,6 +291,7 @@ class _Owed:
 # ------------------------------------------------------------------ fast-path tables
 
 _HEADER_QI = struct.Struct(">QI")
+_pack_header = HEADER.pack
 _REQ_BASE = int.from_bytes(REQ, "big") << 32
 _RES_BASE = int.from_bytes(RES, "big") << 32
 
@@ -338,6 +321,12 @@ _SERVER_BRANCH = _branches(
         _T.CANT_DO: _S_ABILITY,
         _T.PRE_SLEEP: _S_SLEEP,
         _T.GET_STATUS: _S_STATUS,
+        _T.GET_STATUS_UNIQUE: _S_STATUS,
+        _T.OPTION_REQ: _S_STATUS,
+        _T.WORK_STATUS: 8,
+        _T.WORK_FAIL: 9,
+        _T.SET_CLIENT_ID: 10,
+        _T.RESET_ABILITIES: 11,
     }
 )
 _CLIENT_BRANCH = _branches(
@@ -351,7 +340,12 @@ _CLIENT_BRANCH = _branches(
         _T.NO_JOB: _C_NOJOB,
         _T.JOB_ASSIGN: _C_ASSIGN,
         _T.JOB_ASSIGN_UNIQ: _C_ASSIGN,
+        _T.JOB_ASSIGN_ALL: _C_ASSIGN,
         _T.ECHO_RES: _C_ECHO,
+        _T.WORK_STATUS: 7,
+        _T.WORK_FAIL: 8,
+        _T.STATUS_RES: 9,
+        _T.OPTION_RES: 10,
     }
 )
 # Per type: the event class; the priority/background of a SUBMIT_JOB variant; whether
@@ -449,6 +443,7 @@ class Connection:
         "_dead",
         "_eof",
         "_error",
+        "_field_limit",
         "_finished",
         "_grabs",
         "_line_limit",
@@ -482,6 +477,8 @@ class Connection:
         self._our_magic = REQ if side is Side.CLIENT else RES
         self._their_magic = RES if side is Side.CLIENT else REQ
         self._checks = _field_checks(self.limits)
+        # The limit of the only field of one-field requests, by type (fast paths).
+        self._field_limit = [checks[0][1] if len(checks) == 1 else 0 for checks in self._checks]
         self._max_packet = self.limits.max_packet_size
         # A server reads command lines (gearmand: 8 KiB); a client reads reply
         # lines, and a `workers` row can be much longer than that.
@@ -513,7 +510,7 @@ class Connection:
         self._listing: list[bytes] | None = None
         self._listing_size = 0
         # Requests owed a reply, oldest first: request events, admin commands,
-        # _Run entries and (server side) _Owed entries.
+        # runs (lists) and, on a server, _Owed entries.
         self._pending: deque[Any] = deque()
         # Client role: handles of foreground jobs it may see WORK_* for, one count
         # per submission.  Worker role: handles it may send WORK_* for.  A server's
@@ -547,7 +544,7 @@ class Connection:
 
         Requests that get no reply unless they fail (CAN_DO, WORK_*, ...) do not count.
         """
-        return sum(1 for p in self._pending if type(p) is not _Run)
+        return sum(1 for p in self._pending if type(p) is not list)
 
     @property
     def worker_state(self) -> WorkerState:
@@ -790,13 +787,19 @@ class Connection:
         limits = self.limits
         max_function = limits.max_function
         max_unique = limits.max_unique
-        max_handle = limits.max_handle
+        max_number = limits.max_number
+        field_limit = self._field_limit
         fast_max = min(LARGE_BODY - 1, self._max_packet)
         new = _tuple_new
         run_count = run_work = 0
         run_last: Any = None
         run_wlast: Any = None
         run_olast: Any = None
+        pending = self._pending
+        if pending and type(pending[-1]) is list:
+            # Continue the run left at the end of the queue, so that every run this
+            # loop writes is a new entry.
+            run_count, run_work, run_last, run_wlast, run_olast = pending.pop()
         event: Any
         while pos < n:
             try:
@@ -830,7 +833,7 @@ class Connection:
                         parts += submit_extra[ptype]
                         event = new(SubmitJob, parts)
                         if run_count:
-                            self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                            owe([run_count, run_work, run_last, run_wlast, run_olast])
                             run_count = run_work = 0
                         owe(event)
                         emit(event)
@@ -839,7 +842,7 @@ class Connection:
                 elif branch == 3:  # GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL
                     event = singletons[ptype]
                     if run_count:
-                        self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                        owe([run_count, run_work, run_last, run_wlast, run_olast])
                         run_count = run_work = 0
                     owe(event)
                     self._grabs += 1
@@ -857,7 +860,7 @@ class Connection:
                 elif branch == 5:  # ECHO_REQ
                     event = new(EchoReq, (src[pos + 12 : end],))
                     if run_count:
-                        self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                        owe([run_count, run_work, run_last, run_wlast, run_olast])
                         run_count = run_work = 0
                     owe(event)
                     emit(event)
@@ -870,16 +873,58 @@ class Connection:
                         emit(run_last)
                         pos = end
                         continue
-                elif branch == 7:  # GET_STATUS
-                    if size <= max_handle:
-                        event = new(GetStatus, (src[pos + 12 : end],))
+                elif branch == 7:  # GET_STATUS, GET_STATUS_UNIQUE, OPTION_REQ
+                    if size <= field_limit[ptype]:
+                        event = new(classes[ptype], (src[pos + 12 : end],))
                         if run_count:
-                            self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
+                            owe([run_count, run_work, run_last, run_wlast, run_olast])
                             run_count = run_work = 0
                         owe(event)
                         emit(event)
                         pos = end
                         continue
+                elif branch == 8:  # WORK_STATUS
+                    parts = src[pos + 12 : end].split(b"\0", 2)
+                    if len(parts) == 3:
+                        handle, numerator, denominator = parts
+                        if (
+                            handle in worker_handles
+                            and numerator.isdigit()
+                            and denominator.isdigit()
+                            and len(numerator) <= max_number
+                            and len(denominator) <= max_number
+                        ):
+                            run_last = run_wlast = new(
+                                WorkStatus, (handle, int(numerator), int(denominator))
+                            )
+                            run_count += 1
+                            run_work += 1
+                            emit(run_last)
+                            pos = end
+                            continue
+                elif branch == 9:  # WORK_FAIL
+                    handle = src[pos + 12 : end]
+                    if handle in worker_handles:
+                        worker_handles.discard(handle)
+                        run_last = run_wlast = new(WorkFail, (handle,))
+                        run_count += 1
+                        run_work += 1
+                        emit(run_last)
+                        pos = end
+                        continue
+                elif branch == 10:  # SET_CLIENT_ID
+                    if size <= field_limit[ptype]:
+                        run_last = run_olast = new(classes[ptype], (src[pos + 12 : end],))
+                        run_count += 1
+                        emit(run_last)
+                        pos = end
+                        continue
+                elif branch == 11:  # RESET_ABILITIES
+                    run_last = run_olast = singletons[ptype]
+                    run_count += 1
+                    emit(run_last)
+                    pos = end
+                    continue
             if run_count:
                 self._push_run(run_last, run_count, run_work, run_wlast, run_olast)
                 run_count = run_work = 0
@@ -904,7 +949,6 @@ class Connection:
         classes = _CLASS
         ends_job = _ENDS_JOB
         assign_nuls = _ASSIGN_NULS
-        run_class = _Run
         submit_classes = _SUBMIT_CLASSES
         grab_classes = _GRAB_CLASSES
         replies_to = _REPLIES
@@ -917,6 +961,7 @@ class Connection:
         max_handle = limits.max_handle
         max_function = limits.max_function
         max_unique = limits.max_unique
+        max_text = limits.max_text
         fast_max = min(LARGE_BODY - 1, self._max_packet)
         new = _tuple_new
         while pos < n:
@@ -951,8 +996,34 @@ class Connection:
                     emit(_NOOP)
                     pos = end
                     continue
+                elif branch == 7:  # WORK_STATUS
+                    parts = src[pos + 12 : end].split(b"\0", 2)
+                    if len(parts) == 3:
+                        handle, numerator, denominator = parts
+                        if (
+                            handle in client_handles
+                            and numerator.isdigit()
+                            and denominator.isdigit()
+                            and len(numerator) <= 30
+                            and len(denominator) <= 30
+                        ):
+                            emit(new(WorkStatus, (handle, int(numerator), int(denominator))))
+                            pos = end
+                            continue
+                elif branch == 8:  # WORK_FAIL
+                    handle = src[pos + 12 : end]
+                    count = client_handles.get(handle)
+                    if count is not None:
+                        if count == 1:
+                            del client_handles[handle]
+                            self._remember_finished(handle)
+                        else:
+                            client_handles[handle] = count - 1
+                        emit(new(WorkFail, (handle,)))
+                        pos = end
+                        continue
                 elif branch:  # a reply: requests without reply before it succeeded
-                    while pending and type(pending[0]) is run_class:
+                    while pending and type(pending[0]) is list:
                         pending.popleft()
                     if pending:
                         request = pending[0]
@@ -975,6 +1046,42 @@ class Connection:
                                 emit(new(EchoRes, (src[pos + 12 : end],)))
                                 pos = end
                                 continue
+                        elif branch == 9:  # STATUS_RES
+                            parts = src[pos + 12 : end].split(b"\0", 4)
+                            if rclass is GetStatus and len(parts) == 5:
+                                handle, known, running, numerator, denominator = parts
+                                if (
+                                    (known == b"1" or known == b"0")
+                                    and (running == b"1" or running == b"0")
+                                    and numerator.isdigit()
+                                    and denominator.isdigit()
+                                    and len(numerator) <= 30
+                                    and len(denominator) <= 30
+                                    and len(handle) <= max_handle
+                                ):
+                                    pending.popleft()
+                                    answers[len(ready)] = request
+                                    emit(
+                                        new(
+                                            StatusRes,
+                                            (
+                                                handle,
+                                                known == b"1",
+                                                running == b"1",
+                                                int(numerator),
+                                                int(denominator),
+                                            ),
+                                        )
+                                    )
+                                    pos = end
+                                    continue
+                        elif branch == 10:  # OPTION_RES
+                            if rclass is OptionReq and size <= max_text:
+                                pending.popleft()
+                                answers[len(ready)] = request
+                                emit(new(OptionRes, (src[pos + 12 : end],)))
+                                pos = end
+                                continue
                         elif rclass in grab_classes:
                             if branch == 4:  # NO_JOB
                                 pending.popleft()
@@ -993,6 +1100,7 @@ class Connection:
                                 and len(parts[0]) <= max_handle
                                 and len(parts[1]) <= max_function
                                 and (nuls == 2 or len(parts[2]) <= max_unique)
+                                and (nuls < 4 or len(parts[3]) <= max_function)
                             ):
                                 pending.popleft()
                                 self._grabs -= 1
@@ -1267,7 +1375,7 @@ class Connection:
                 return False
             listing.append(raw)
             return True
-        while pending and type(pending[0]) is _Run:
+        while pending and type(pending[0]) is list:
             pending.popleft()
         command = pending[0] if pending else None
         ctype = type(command)
@@ -1314,16 +1422,16 @@ class Connection:
         pending = self._pending
         if pending:
             run = pending[-1]
-            if type(run) is _Run:
-                run.count += count
-                run.last = last
+            if type(run) is list:
+                run[_COUNT] += count
+                run[_LAST] = last
                 if work:
-                    run.work += work
-                    run.work_last = work_last
+                    run[_WORK] += work
+                    run[_WORK_LAST] = work_last
                 if count > work:
-                    run.other_last = other_last
+                    run[_OTHER_LAST] = other_last
                 return
-        pending.append(_Run(count, work, last, work_last, other_last))
+        pending.append([count, work, last, work_last, other_last])
 
     def _locate(self, reply: Any, code: bytes | None) -> int | str:
         """Where in the queue the request that ``reply`` (a packet event) answers is.
@@ -1338,9 +1446,9 @@ class Connection:
         index = 0
         while index < count:
             entry = pending[index]
-            if type(entry) is not _Run:
+            if type(entry) is not list:
                 break
-            if bits & entry.mask:
+            if bits & _run_mask(entry):
                 return index
             index += 1
         what = packet_type(reply).name
@@ -1372,7 +1480,7 @@ class Connection:
         if not pending:
             return None  # an ERROR that answers nothing
         entry = pending[0]
-        if type(entry) is _Run:
+        if type(entry) is list:
             return self._run_failed(entry, _CODE_BITS.get(reply.code, 0))
         pending.popleft()
         if type(entry) is _Owed:
@@ -1388,18 +1496,19 @@ class Connection:
             self._finished.pop(handle, None)
         return entry
 
-    def _run_failed(self, run: _Run, bits: int) -> Any:
+    def _run_failed(self, run: list[Any], bits: int) -> Any:
         """An ERROR with code group ``bits`` answers one request of ``run``."""
-        if bits & _WORK_BIT and run.work and not (bits & _OTHER_BIT and run.count > run.work):
-            request = run.work_last
-            if run.work == 1 and bits == _WORK_BIT:
+        count, work = run[_COUNT], run[_WORK]
+        if bits & _WORK_BIT and work and not (bits & _OTHER_BIT and count > work):
+            request = run[_WORK_LAST]
+            if work == 1 and bits == _WORK_BIT:
                 # The run's only WORK_* failed: the job is not this worker's any more.
                 self._worker_handles.discard(request.handle)
-            run.work -= 1
+            run[_WORK] -= 1
         else:
-            request = run.other_last if run.count > run.work else run.last
-        run.count -= 1
-        if run.count == 0:
+            request = run[_OTHER_LAST] if count > work else run[_LAST]
+        run[_COUNT] -= 1
+        if run[_COUNT] == 0:
             self._pending.popleft()
         return request
 
@@ -1422,14 +1531,12 @@ class Connection:
             LocalProtocolError: ``event`` may not be sent now from this side, or a
                 field is invalid.  Nothing changed and nothing must be written.
         """
-        if type(event) in _EVENT_CLASS_SET:
+        if type(event) not in _EVENT_CLASS_SET:
             if self._state is not ConnectionState.OPEN and not self._farewell(event):
                 raise LocalProtocolError(f"cannot send on a connection that is {self._state.value}")
-            self._before_send_packet(event)
-            return encode(event, self._our_magic)  # type: ignore[arg-type]
-        if self._state is not ConnectionState.OPEN and not self._farewell(event):
-            raise LocalProtocolError(f"cannot send on a connection that is {self._state.value}")
-        return self._send_text(event)
+            return self._send_text(event)
+        ptype, fields, size = self._prepare_packet(event)
+        return _pack_header(self._our_magic, ptype, size) + b"\0".join(fields)
 
     def send_parts(self, event: PacketEvent | AdminCommand | AdminReply) -> list[bytes]:
         """Like :meth:`send`, but a packet's payload is a separate, uncopied chunk.
@@ -1440,12 +1547,47 @@ class Connection:
         Raises:
             LocalProtocolError: as :meth:`send`.
         """
-        if type(event) in _EVENT_CLASS_SET:
-            if self._state is not ConnectionState.OPEN and not self._farewell(event):
-                raise LocalProtocolError(f"cannot send on a connection that is {self._state.value}")
-            self._before_send_packet(event)
-            return encode_parts(event, self._our_magic)  # type: ignore[arg-type]
-        return [self.send(event)]
+        if type(event) not in _EVENT_CLASS_SET:
+            return [self.send(event)]
+        ptype, fields, size = self._prepare_packet(event)
+        header = _pack_header(self._our_magic, ptype, size)
+        if not fields:
+            return [header]
+        head = b"".join([f + b"\0" for f in fields[:-1]])
+        return [header + head, fields[-1]]
+
+    def _prepare_packet(self, event: Any) -> tuple[PacketType, list[bytes], int]:
+        """Check ``event`` and apply it to the state: (type, fields as bytes, body size)."""
+        if self._state is not ConnectionState.OPEN and not self._farewell(event):
+            raise LocalProtocolError(f"cannot send on a connection that is {self._state.value}")
+        cls = type(event)
+        if cls is SubmitJob:
+            priority = event.priority
+            if type(priority) is bool or priority not in (0, 1, 2):
+                raise LocalProtocolError(
+                    f"SubmitJob.priority must be a Priority (0, 1 or 2), not {priority!r}"
+                )
+        if (cls is SubmitJob or cls is SubmitReduceJob) and type(event.background) is not bool:
+            raise LocalProtocolError(
+                f"{cls.__name__}.background must be a bool, not {event.background!r}"
+            )
+        ptype = packet_type(event)
+        fields = self._wire_fields(ptype, event)
+        size = sum([len(f) for f in fields]) + max(len(fields) - 1, 0)
+        if size > self._max_packet:
+            raise LocalProtocolError(
+                f"{ptype.name} body is {size} bytes; the limit is {self._max_packet}"
+            )
+        direction = _DIRECTION[ptype]
+        if self.side is Side.CLIENT:
+            if direction is Direction.RESPONSE:
+                raise LocalProtocolError(f"{ptype.name} is sent by servers, not by clients")
+            self._client_sending(ptype, event)
+        else:
+            if direction is Direction.REQUEST:
+                raise LocalProtocolError(f"{ptype.name} is sent to servers, not by them")
+            self._server_sending(ptype, event)
+        return ptype, fields, size
 
     def send_failed(self) -> None:
         """Tell the core that bytes it produced could not be written.
@@ -1486,7 +1628,7 @@ class Connection:
             return _admin.format_reply(event)
         pending = self._pending
         index = 0
-        while index < len(pending) and type(pending[index]) is _Run:
+        while index < len(pending) and type(pending[index]) is list:
             index += 1
         if index == len(pending):
             raise LocalProtocolError(f"{cls.__name__} sent, but no admin command is waiting")
@@ -1515,9 +1657,10 @@ class Connection:
             pending.popleft()
         return data
 
-    def _validate(self, ptype: PacketType, event: Any) -> None:
-        """Check the fields of an event about to be sent."""
+    def _wire_fields(self, ptype: PacketType, event: Any) -> list[bytes]:
+        """Check the fields of an event about to be sent; return them as wire bytes."""
         server = self.side is Side.SERVER
+        out: list[bytes] = []
         for index, limit, name, kind, is_tail in self._checks[ptype]:
             value = event[index]
             if kind is FieldKind.NUMBER:
@@ -1525,18 +1668,20 @@ class Connection:
                     raise LocalProtocolError(
                         f"{ptype.name}.{name} must be an int, not {type(value).__name__}"
                     )
-                digits = len(b"%d" % value)
+                text = b"%d" % value
                 allowed = max(limit, _MAX_RELAYED_NUMBER) if server else limit
-                if digits > allowed:
+                if len(text) > allowed:
                     raise LocalProtocolError(
-                        f"{ptype.name}.{name} has {digits} characters; the limit is {allowed}"
+                        f"{ptype.name}.{name} has {len(text)} characters; the limit is {allowed}"
                     )
+                out.append(text)
                 continue
             if kind is FieldKind.FLAG:
                 if type(value) is not bool:
                     raise LocalProtocolError(
                         f"{ptype.name}.{name} must be a bool, not {type(value).__name__}"
                     )
+                out.append(b"1" if value else b"0")
                 continue
             if type(value) is not bytes:
                 raise LocalProtocolError(
@@ -1550,36 +1695,8 @@ class Connection:
                 raise LocalProtocolError(
                     f"{ptype.name}.{name} contains a NUL byte, which would end the field"
                 )
-
-    def _before_send_packet(self, event: Any) -> None:
-        cls = type(event)
-        if cls is SubmitJob:
-            priority = event.priority
-            if type(priority) is bool or priority not in (0, 1, 2):
-                raise LocalProtocolError(
-                    f"SubmitJob.priority must be a Priority (0, 1 or 2), not {priority!r}"
-                )
-        if (cls is SubmitJob or cls is SubmitReduceJob) and type(event.background) is not bool:
-            raise LocalProtocolError(
-                f"{cls.__name__}.background must be a bool, not {event.background!r}"
-            )
-        ptype = packet_type(event)
-        spec = PACKETS[ptype]
-        self._validate(ptype, event)
-        fields = event_fields(event)[1]
-        size = sum(len(f) for f in fields) + max(len(fields) - 1, 0)
-        if size > self._max_packet:
-            raise LocalProtocolError(
-                f"{ptype.name} body is {size} bytes; the limit is {self._max_packet}"
-            )
-        if self.side is Side.CLIENT:
-            if spec.direction is Direction.RESPONSE:
-                raise LocalProtocolError(f"{ptype.name} is sent by servers, not by clients")
-            self._client_sending(ptype, event)
-        else:
-            if spec.direction is Direction.REQUEST:
-                raise LocalProtocolError(f"{ptype.name} is sent to servers, not by them")
-            self._server_sending(ptype, event)
+            out.append(value)
+        return out
 
     def _client_sending(self, ptype: PacketType, event: Any) -> None:
         if ptype in _WORK_TYPES:
@@ -1631,7 +1748,7 @@ class Connection:
             # though a run before it could draw the same code.
             pending = self._pending
             index = 0
-            while index < len(pending) and type(pending[index]) is _Run:
+            while index < len(pending) and type(pending[index]) is list:
                 index += 1
             if index < len(pending) and type(pending[index]) is _Owed:
                 if pending[index].hint == event:
@@ -1653,6 +1770,7 @@ class Connection:
 
 
 _EVENT_CLASS_SET: frozenset[type[Any]] = frozenset(EVENT_CLASSES.values())
+_DIRECTION: dict[PacketType, Direction] = {t: spec.direction for t, spec in PACKETS.items()}
 # Kept under its old name for code that imported it.
 EVENT_CLASSES_SET = _EVENT_CLASS_SET
 _ADMIN_REPLIES: frozenset[type[Any]] = frozenset(_admin.REPLY_FOR.values()) | {

@@ -527,7 +527,11 @@ _SINGLE_TYPE: dict[type[Any], PacketType] = {
 
 
 def _submit_type(ev: Any) -> PacketType:
-    return _SUBMIT_TYPES[(Priority(ev.priority), bool(ev.background))]
+    # Priority is an IntEnum: plain 0/1/2 hash and compare like its members.
+    try:
+        return _SUBMIT_TYPES[(ev.priority, ev.background)]
+    except (KeyError, TypeError):
+        return _SUBMIT_TYPES[(Priority(ev.priority), bool(ev.background))]
 
 
 def _reduce_type(ev: Any) -> PacketType:

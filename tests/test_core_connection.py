@@ -619,7 +619,8 @@ def test_queue_entries_read_well_in_a_debugger() -> None:
     server.receive_data(raw_packet(REQ, 6, []))
     remote_error(server)
     assert [repr(e) for e in server._pending] == [
-        "<2 request(s) without reply, last PreSleep()>",
+        # [count, work, last, last WORK_*, last other] of a run without reply
+        "[2, 0, PreSleep(), None, PreSleep()]",
         "<refused request; Error(code=b'INVALID_COMMAND', text=b'Command not expected') is owed>",
     ]
 

@@ -2,8 +2,12 @@
 
 The grab cycle follows gearmand's rules (protocol reference §4.5):
 
+* A connection starts with a probe: one grab before anything else (see
+  :meth:`WorkerEngine.connected`), falling back from GRAB_JOB_ALL to GRAB_JOB_UNIQ to
+  GRAB_JOB on ERROR INVALID_COMMAND; then it registers its functions.
 * A connection is *awake* when it may have work: just connected, woken by NOOP, or it
-  just handed us a job.  Awake connections are sent GRAB_JOB_UNIQ, one per free slot.
+  just handed us a job.  Awake connections are sent GRAB_JOB_ALL (JOB_ASSIGN_ALL carries
+  a reduce job's reducer; other jobs come as JOB_ASSIGN_UNIQ), one per free slot.
 * NO_JOB makes a connection not awake; once none of its grabs is outstanding it sends
   PRE_SLEEP and waits for NOOP.  gearmand sends at most one NOOP between two grabs, so
   a NOOP that arrives while every slot is busy is remembered (the connection stays
@@ -33,6 +37,7 @@ from gearproto.events import (
     CantDo,
     Error,
     GrabJob,
+    GrabJobAll,
     GrabJobUniq,
     JobAssign,
     JobAssignAll,
@@ -178,6 +183,7 @@ class WorkerJob:
         self.function = function
         self.unique = unique
         self.data = data
+        #: A reduce job's reducer function (JOB_ASSIGN_ALL); ``None`` for other jobs.
         self.reducer = reducer
         self.server: ServerAddress = session.slot.address
         self.deadline: float | None = None
@@ -210,18 +216,30 @@ class WorkerJob:
 
 
 class _WorkerSession(Session):
-    __slots__ = ("awake", "grab", "grabs", "jobs", "sleeping")
+    __slots__ = ("awake", "grab", "grabs", "jobs", "ready", "sleeping")
 
     def __init__(self, slot: Slot, driver: Driver, limits: Limits | None) -> None:
         super().__init__(slot, driver, limits)
+        #: The grab packet the server understands is known and the functions are
+        #: registered (see WorkerEngine.connected).
+        self.ready = False
         self.awake = True
         self.sleeping = False
         self.grabs = 0
-        self.grab: type[GrabJobUniq] | type[GrabJob] = GrabJobUniq
+        #: GRAB_JOB_ALL shows reduce jobs' reducer (JOB_ASSIGN_ALL; other jobs come as
+        #: JOB_ASSIGN_UNIQ); servers without it get GRAB_JOB_UNIQ, then GRAB_JOB.
+        self.grab: type[GrabJobAll] | type[GrabJobUniq] | type[GrabJob] = GrabJobAll
         self.jobs: dict[bytes, WorkerJob] = {}
 
 
 _GRAB = object()  # owner of GRAB_JOB* requests
+_PROBE = object()  # owner of the grab that finds out which grab the server knows
+
+#: The grab to fall back to when a server answers ERROR INVALID_COMMAND.
+_GRAB_FALLBACK: dict[type[Any], type[GrabJobUniq] | type[GrabJob]] = {
+    GrabJobAll: GrabJobUniq,
+    GrabJobUniq: GrabJob,
+}
 
 _T_JOB = 0
 _T_RETRY = 1
@@ -269,7 +287,9 @@ class WorkerEngine:
             session.send(CantDo(name))
 
     def _sessions(self) -> list[_WorkerSession]:
-        return [s.session for s in self.slots if isinstance(s.session, _WorkerSession)]
+        """Sessions with their functions registered (the others register when ready)."""
+        sessions = [s.session for s in self.slots if isinstance(s.session, _WorkerSession)]
+        return [session for session in sessions if session.ready]
 
     # -------------------------------------------------------------- lifecycle
 
@@ -280,18 +300,43 @@ class WorkerEngine:
                 self.driver.connect(slot)
 
     def connected(self, slot: Slot, now: float) -> Session | None:
+        """A new connection: first find out which grab the server knows, then register.
+
+        The first packet is a grab, sent before anything else: with no function
+        registered yet it can only be answered NO_JOB, or ERROR INVALID_COMMAND by a
+        server that does not know it (then the next simpler grab is tried).  It must
+        come first because an ERROR does not say which request it answers: behind
+        CAN_DO or SET_CLIENT_ID packets (which are only ever answered by an ERROR) it
+        would be taken as theirs, and the refused grab would wait for a reply forever.
+        """
         if slot.state is not SlotState.CONNECTING or self.closed:
             return None
         session = _WorkerSession(slot, self.driver, self.options.limits)
         slot.session = session
         slot.state = SlotState.UP
         slot.outbox.clear()
+        session.send(session.grab(), _PROBE)
+        return session
+
+    def _probed(self, session: _WorkerSession, event: Any, now: float) -> None:
+        """The answer to the connection's first grab."""
+        cls = type(event)
+        if cls is Error:
+            fallback = _GRAB_FALLBACK.get(session.grab)
+            if event.code == b"INVALID_COMMAND" and fallback is not None:
+                session.grab = fallback  # an older server: ask the simpler way
+                session.send(fallback(), _PROBE)
+                return
+        elif cls is not NoJob:
+            # A job although nothing is registered yet (a server that remembers a
+            # worker's functions?): run it, or fail it if the function is unknown.
+            self._assigned(session, event, now)
+        session.ready = True
+        session.awake = True
         if self.options.client_id:
             session.send(SetClientId(self.options.client_id))
         for spec in self.functions.values():
             session.send(spec.registration())
-        self._pump()
-        return session
 
     def connect_failed(self, slot: Slot, error: BaseException, now: float) -> None:
         if slot.state is not SlotState.CONNECTING:
@@ -342,16 +387,13 @@ class WorkerEngine:
             return
         for event, owner in events:
             cls = type(event)
-            if owner is _GRAB:
+            if owner is _PROBE:
+                self._probed(session, event, now)
+            elif owner is _GRAB:
                 session.grabs -= 1
                 self.grabs -= 1
-                if cls is NoJob:
+                if cls is NoJob or cls is Error:
                     session.awake = False
-                elif cls is Error:
-                    if event.code == b"INVALID_COMMAND" and session.grab is GrabJobUniq:
-                        session.grab = GrabJob  # a server without GRAB_JOB_UNIQ
-                    else:
-                        session.awake = False
                 else:
                     session.awake = True
                     self._assigned(session, event, now)
@@ -367,7 +409,7 @@ class WorkerEngine:
         if self.draining:
             # A grab answered while draining may have been the last thing to wait for.
             self._check_drained()
-        elif not session.awake and session.grabs == 0 and not session.sleeping:
+        elif session.ready and not session.awake and session.grabs == 0 and not session.sleeping:
             session.sleeping = True
             session.send(PreSleep())
 
@@ -409,7 +451,12 @@ class WorkerEngine:
             slot = slots[self._next % count]
             self._next += 1
             session = slot.session
-            if isinstance(session, _WorkerSession) and session.awake and self.functions:
+            if (
+                isinstance(session, _WorkerSession)
+                and session.ready
+                and session.awake
+                and self.functions
+            ):
                 session.send(session.grab(), _GRAB)
                 session.grabs += 1
                 session.sleeping = False

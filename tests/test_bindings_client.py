@@ -227,11 +227,30 @@ def test_thousand_jobs_pipelined_on_one_connection(
     assert list(stats["servers"].values()) == ["up"]
 
 
-def test_reduce_jobs_reach_the_worker(harness: Harness, job_server: ServerProcess) -> None:
-    harness.worker(addr(job_server), {"map": reverse}).start()
+def test_reduce_jobs_show_their_reducer_to_the_worker(
+    harness: Harness, job_server: ServerProcess
+) -> None:
+    seen: list[tuple[bytes, bytes, bytes | None, bytes]] = []
+
+    def mapper(job: Any) -> bytes:
+        seen.append((job.function, job.unique, job.reducer, bytes(job.data)))
+        return bytes(job.data[::-1])
+
+    harness.worker(addr(job_server), {"map": mapper}).start()
     client = harness.client(addr(job_server))
-    assert client.submit("map", b"abc", reducer="reduce-fn").result() == b"cba"
-    assert isinstance(client.submit("map", b"abc", reducer="r", background=True).wait(), Accepted)
+    # GRAB_JOB_ALL: JOB_ASSIGN_ALL for reduce jobs, JOB_ASSIGN_UNIQ for the others.
+    assert client.submit("map", b"abc", unique="r-1", reducer="reduce-fn").result() == b"cba"
+    assert client.call("map", b"plain", unique="p-1") == b"nialp"
+    background = client.submit("map", b"bg", unique="r-2", reducer="count", background=True)
+    assert isinstance(background.wait(), Accepted)
+    wait_until(lambda: len(seen) == 3)
+    assert seen == [
+        (b"map", b"r-1", b"reduce-fn", b"abc"),
+        (b"map", b"p-1", None, b"plain"),
+        (b"map", b"r-2", b"count", b"bg"),
+    ]
+    with pytest.raises(ValueError, match="normal priority"):
+        client.submit("map", b"x", reducer="r", priority="high")
 
 
 def test_completion_timeout_is_a_typed_outcome(harness: Harness, job_server: ServerProcess) -> None:

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 from helpers.bindings import Harness, wait_until
+from helpers.fake_server import fake_server
 from helpers.procs import ServerProcess, gearmand
 
 from gearproto.bindings._outcomes import Accepted, Completed, ExceptionRaised, Failed
 from gearproto.bindings._routing import Backoff
+from gearproto.events import CanDo, GrabJob, GrabJobAll, GrabJobUniq, WorkComplete
 
 pytestmark = pytest.mark.timeout(60)
 FAST = Backoff(initial=0.02, maximum=0.2)
@@ -78,6 +80,25 @@ def test_sleeping_worker_is_woken_and_noop_at_capacity_is_not_lost(
     third = client.submit("gated", b"third")
     release.set()
     assert [first.result(), second.result(), third.result()] == [b"first", b"second", b"third"]
+
+
+def test_older_servers_get_simpler_grabs(harness: Harness) -> None:
+    seen: list[tuple[bytes, bytes | None]] = []
+
+    def record(job: Any) -> bytes:
+        seen.append((job.unique, job.reducer))
+        return b"done"
+
+    with fake_server("grab-job-only") as server:
+        worker = harness.worker(server.address, {"fn": record}).start()
+        wait_until(lambda: WorkComplete(b"H:fake:1", b"done") in server.requests)
+        worker.stop()
+        grabs = [type(e) for e in server.requests if type(e) in (GrabJobAll, GrabJobUniq, GrabJob)]
+    # GRAB_JOB_ALL and GRAB_JOB_UNIQ are refused once each, before anything else is
+    # sent (an ERROR behind CAN_DO would be taken as CAN_DO's); GRAB_JOB from then on.
+    assert server.requests[:4] == [GrabJobAll(), GrabJobUniq(), GrabJob(), CanDo(b"fn")]
+    assert set(grabs[3:]) == {GrabJob}
+    assert seen == [(b"", None)]
 
 
 def test_local_timeout_reports_an_exception(harness: Harness, job_server: ServerProcess) -> None:

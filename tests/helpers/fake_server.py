@@ -13,13 +13,30 @@ import threading
 from collections.abc import Iterator
 
 from gearproto import NEED_DATA, Connection, Side
-from gearproto.events import EchoReq, EchoRes, JobCreated, OptionReq, OptionRes, SubmitJob
+from gearproto.events import (
+    CanDo,
+    EchoReq,
+    EchoRes,
+    Error,
+    GrabJob,
+    GrabJobAll,
+    GrabJobUniq,
+    JobAssign,
+    JobCreated,
+    NoJob,
+    OptionReq,
+    OptionRes,
+    SubmitJob,
+)
 
 
 class FakeServer:
     """Listens on 127.0.0.1 (free port); ``behaviour`` is one of:
 
-    ``"close-after-created"``, ``"garbage"``, ``"silent"``, ``"late:<seconds>"``.
+    ``"close-after-created"``, ``"garbage"``, ``"silent"``, ``"late:<seconds>"``, or
+    ``"grab-job-only"`` (a server that knows neither GRAB_JOB_ALL nor GRAB_JOB_UNIQ:
+    it answers them ERROR INVALID_COMMAND, and hands out one job of function ``fn`` to
+    GRAB_JOB once ``fn`` is registered).
     """
 
     def __init__(self, behaviour: str) -> None:
@@ -58,6 +75,7 @@ class FakeServer:
     def _serve(self, sock: socket.socket) -> None:
         conn = Connection(Side.SERVER)
         handles = 0
+        abilities: set[bytes] = set()
         # Every socket call is inside: close() only closes a socket after its thread
         # ended, but a peer's reset must not end the thread with an exception either.
         with contextlib.suppress(OSError):
@@ -89,6 +107,16 @@ class FakeServer:
                     elif isinstance(event, SubmitJob):
                         handles += 1
                         reply = conn.send(JobCreated(b"H:fake:%d" % handles))
+                    elif isinstance(event, GrabJobAll | GrabJobUniq):
+                        reply = conn.send(Error(b"INVALID_COMMAND", b"Invalid command"))
+                    elif isinstance(event, CanDo):
+                        abilities.add(event.function)
+                    elif isinstance(event, GrabJob):
+                        if b"fn" in abilities and not handles:
+                            handles += 1
+                            reply = conn.send(JobAssign(b"H:fake:1", b"fn", b"old server"))
+                        else:
+                            reply = conn.send(NoJob())
                     if behaviour.startswith("late:"):
                         self._stop.wait(float(behaviour[5:]))
                     sock.sendall(reply)

@@ -17,6 +17,7 @@ from gearproto.server.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, SQLite
 from gearproto.server.storage import (
     JobStore,
     StoreBatch,
+    StoreBrokenError,
     StoreCorruptError,
     StoredJob,
     StoreError,
@@ -452,3 +453,50 @@ def test_full_store_refuses_the_batch_and_recovers(tmp_path: Path) -> None:
         store.apply(StoreBatch(2001, added=[job(100_000, data=bytes(4000))]))
         assert [j.job_id for j in store.load()] == [*stored[20:], 100_000]
     assert len(stored) > 20
+
+
+# ------------------------------------------------------------------ I/O errors
+
+
+class FailingCommit:
+    """The store's connection, except that COMMIT fails the way a failed fsync does.
+
+    Real I/O errors cannot be provoked portably in a test, so this one is injected at
+    the only call that can report it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorname = "SQLITE_IOERR_FSYNC"
+            raise error
+        return self.conn.execute(sql, *args)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_an_io_error_breaks_the_store_for_good(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "q.db"
+    store = SQLiteStore(path)
+    store.apply(StoreBatch(1, added=[job(1)]))
+    real = store._conn
+    assert real is not None
+    store._conn = FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(StoreBrokenError, match=r"SQLITE_IOERR_FSYNC.*refuses further writes"):
+        store.apply(StoreBatch(2, added=[job(2)]))
+    store._conn = real
+    # Even with a healthy connection again, the store no longer trusts the file.
+    with pytest.raises(StoreBrokenError):
+        store.apply(StoreBatch(3, added=[job(3)]))
+    with pytest.raises(StoreBrokenError):
+        store.load()
+    assert "refuses further writes" in caplog.text
+    store.close()
+    with SQLiteStore(path) as reopened:  # a restart replays what was acknowledged
+        assert [j.job_id for j in reopened.load()] == [1]

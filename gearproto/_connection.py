@@ -62,7 +62,6 @@ from .events import (
     Noop,
     OptionReq,
     OptionRes,
-    PacketEvent,
     StatusRes,
     StatusResUnique,
     SubmitJob,
@@ -404,6 +403,7 @@ def _describe(request: Any) -> str:
     return type(request).__name__
 
 
+#: Anything next_event() returns, and so anything a relay may hand to send().
 AnyEvent: TypeAlias = Event | AdminCommand | AdminReply
 
 
@@ -1520,7 +1520,7 @@ class Connection:
 
     # ----------------------------------------------------------------------- send
 
-    def send(self, event: PacketEvent | AdminCommand | AdminReply) -> bytes:
+    def send(self, event: AnyEvent) -> bytes:
         """The bytes to write for ``event``; updates the state.
 
         A server may still send :class:`~gearproto.events.Error` and
@@ -1538,7 +1538,7 @@ class Connection:
         ptype, fields, size = self._prepare_packet(event)
         return _pack_header(self._our_magic, ptype, size) + b"\0".join(fields)
 
-    def send_parts(self, event: PacketEvent | AdminCommand | AdminReply) -> list[bytes]:
+    def send_parts(self, event: AnyEvent) -> list[bytes]:
         """Like :meth:`send`, but a packet's payload is a separate, uncopied chunk.
 
         Write the chunks in order (``writelines``, ``sendmsg``); for multi-megabyte

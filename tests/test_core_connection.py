@@ -636,3 +636,9 @@ def test_finished_handles_are_remembered_boundedly() -> None:
     assert client.next_event() == ev.WorkData(b"H:1099", b"late")
     client.receive_data(raw_packet(RES, 28, [b"H:0", b"too late"]))
     assert not remote_error(client).fatal
+
+
+def test_connection_closed_is_not_sendable() -> None:
+    for side in (Side.CLIENT, Side.SERVER):
+        with pytest.raises(LocalProtocolError, match="not ConnectionClosed"):
+            Connection(side).send(ev.ConnectionClosed())

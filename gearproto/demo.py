@@ -60,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         operator,
         admin.StatusReply((admin.StatusRow(b"reverse", 0, 0, 1),)),
     )
-    print(
-        f"\nclient waits for {len(client.client_handles)} job(s); worker is {worker.worker_state.value}"
-    )
+    waiting = len(client.client_handles)
+    print(f"\nclient waits for {waiting} job(s); worker is {worker.worker_state.value}")
     return 0
 
 

@@ -311,7 +311,13 @@ class Campaign:
     # -------------------------------------------------------------------- stateful
 
     def _stateful_batch(self, deadline: float) -> None:
-        from .stateful import run_batch
+        try:
+            from .stateful import run_batch
+        except ImportError as exc:
+            # The stateful engine needs Hypothesis (the ``fuzz`` extra).
+            self.progress.note(f"stateful engine disabled: {exc} (pip install 'gearproto[fuzz]')")
+            self.config.stateful_share = 0.0
+            return
 
         for finding in run_batch(
             self.target,

@@ -353,6 +353,8 @@ class Driver:
         self.workers.append(worker)
         self.ids.add(client_id)
         self._guard("SET_CLIENT_ID", peer.send, events.SetClientId(client_id))
+        # The admin connection must see the id: wait until the server processed it.
+        self._sync(peer, "SET_CLIENT_ID")
 
     def _unique(self, code: int) -> bytes:
         stem = self.prefix + b"u1"

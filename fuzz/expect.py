@@ -79,8 +79,9 @@ class ReplyMatcher:
 
     def __init__(self, requests: list[Request], owner: Ownership | None = None) -> None:
         self._owner = owner
-        self._binary = [r for r in requests if r.kind not in ("line", "listing")]
-        self._admin: deque[Request] = deque(r for r in requests if r.kind in ("line", "listing"))
+        text = ("line", "listing", "optional-line")
+        self._binary = [r for r in requests if r.kind not in text]
+        self._admin: deque[Request] = deque(r for r in requests if r.kind in text)
         self._listing: list[bytes] | None = None
         self._listing_for: Request | None = None
         self._fg: dict[bytes, int] = {}
@@ -93,7 +94,8 @@ class ReplyMatcher:
     @property
     def unanswered(self) -> list[Request]:
         """Requests still owed a reply when the replies ended."""
-        out = [r for r in self._pending_binary if r.owes_reply] + list(self._admin)
+        out = [r for r in self._pending_binary if r.owes_reply]
+        out += [r for r in self._admin if r.owes_reply]
         return sorted(out, key=lambda r: self._order[id(r)])
 
     def run(self, replies: list[Reply]) -> MatchResult:

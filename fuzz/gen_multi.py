@@ -120,26 +120,34 @@ def gen_multi(rng: random.Random, ctx: GenContext, seed: int, index: int) -> Cas
 
 
 def gen_memory(rng: random.Random, ctx: GenContext, seed: int, index: int) -> Case:
-    """A huge declared body streamed in part: does the server buffer all of it?"""
+    """Large declared bodies: streamed in part, or only announced on many connections.
+
+    A server should not buffer (or allocate) more than it has actually received, and
+    should refuse sizes beyond its limit before reading them.
+    """
     ptype = rng.choice((_T.ECHO_REQ, _T.SUBMIT_JOB_BG, _T.WORK_DATA, _T.CAN_DO))
-    declared = rng.choice((0xFFFFFFF0, 0x7FFFFFFF, ctx.max_fill * 2))
-    fill = min(ctx.max_fill, declared)
+    announce_only = rng.random() < 0.4
+    if announce_only:
+        # Sizes under typical limits (16, 32, 60 MiB), announced and never sent.
+        declared = rng.choice((16 << 20, 32 << 20, 60 << 20, 0xFFFFFFF0))
+        conns, fill = rng.choice((2, 4, 8)), 0
+    else:
+        declared = rng.choice((0xFFFFFFF0, 0x7FFFFFFF, ctx.max_fill * 2))
+        conns, fill = rng.choice((1, 1, 2)), min(ctx.max_fill, declared)
     head = struct.pack(">4sII", b"\0REQ", ptype, declared)
     if ptype == _T.SUBMIT_JOB_BG:
         head += ctx.name(rng, index) + b"\0\0"
     elif ptype == _T.WORK_DATA:
         head += ctx.handle(rng) + b"\0"
-    conns = rng.choice((1, 1, 2))
     steps: list[Step] = []
     for c in range(conns):
         steps.append(Connect(c))
         steps.append(Send(c, head, fill_byte=0x61, fill_count=fill // conns))
     steps.append(Pause(50))
-    return Case(
-        tuple(steps),
-        "memory.declared",
-        seed,
-        index,
-        f"{ptype.name} declaring {declared} bytes,"
-        f" {fill >> 20} MiB sent over {conns} connection(s)",
+    what = (
+        f"{ptype.name} declaring {declared} bytes on {conns} connections, body never sent"
+        if announce_only
+        else f"{ptype.name} declaring {declared} bytes, {fill >> 20} MiB sent over {conns}"
+        " connection(s)"
     )
+    return Case(tuple(steps), "memory.declared", seed, index, what)

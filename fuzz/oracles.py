@@ -70,6 +70,14 @@ def server_state(target: Target, timeouts: Timeouts) -> ServerState:
     return ServerState("hung", f"liveness probe {again.state} after {again.latency:.1f}s", again)
 
 
+def _size(count: int) -> str:
+    if count >= 1 << 20:
+        return f"{count / (1 << 20):.0f} MiB"
+    if count >= 1 << 10:
+        return f"{count / (1 << 10):.0f} KiB"
+    return f"{count} bytes"
+
+
 def _label(request: Request) -> str:
     if request.oversize > BUFFER_SIZE:
         # Beyond a typical receive buffer the packet type hardly matters.
@@ -286,8 +294,8 @@ def judge(
             Verdict(
                 FindingClass.MEMORY,
                 family,
-                f"resident memory grew by {grew >> 20} MiB during one case"
-                f" that sent {case.total_bytes >> 20} MiB",
+                f"resident memory grew by {_size(grew)} during one case"
+                f" that sent {_size(case.total_bytes)}",
                 {"rss_before": observation.rss_before, "rss_peak": observation.rss_peak},
             )
         )

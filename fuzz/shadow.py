@@ -109,7 +109,8 @@ class Request:
     label: str
     #: ``"packet"`` (owes one of ``replies`` or ERROR), ``"silent"`` (owes nothing but
     #: may draw an ERROR with a code in ``codes``), ``"error"`` (owes an ERROR),
-    #: ``"line"`` / ``"listing"`` (owes an admin reply).
+    #: ``"line"`` / ``"listing"`` (owes an admin reply), ``"optional-line"`` (may draw
+    #: an ``ERR`` line).
     kind: str
     replies: frozenset[int] = frozenset()
     codes: frozenset[bytes] = frozenset()
@@ -125,7 +126,7 @@ class Request:
 
     @property
     def owes_reply(self) -> bool:
-        return self.kind != "silent"
+        return self.kind not in ("silent", "optional-line")
 
 
 @dataclass
@@ -276,8 +277,14 @@ def shadow_parse(data: bytes) -> ShadowConn:
         if event is NEED_DATA:
             out.incomplete = conn.buffered
             if out.incomplete:
-                # A server may refuse the unfinished packet before it ends (a size limit).
-                out.requests.append(Request("unfinished-frame", "silent", codes=ANY_CODE))
+                # A server may refuse the unfinished packet or line before it ends (a size
+                # limit), with an ERROR or an ERR line.
+                text = data[len(data) - out.incomplete] != 0
+                out.requests.append(
+                    Request("unfinished-line", "optional-line")
+                    if text
+                    else Request("unfinished-frame", "silent", codes=ANY_CODE)
+                )
             return out
         if isinstance(event, events.ConnectionClosed):
             return out

@@ -191,9 +191,8 @@ class ToyServer:
             case events.GetStatusUnique(unique=unique):
                 if fault == "no-reply":
                     return
-                handle = next((h for (f, u), h in self.uniques.items() if u == unique), None)
-                known = handle is not None
-                self._send(peer, events.StatusResUnique(unique, known, False, 0, 0, 0))
+                found = any(u == unique for (_f, u) in self.uniques)
+                self._send(peer, events.StatusResUnique(unique, found, False, 0, 0, 0))
             case events.OptionReq(option=option):
                 if fault == "close" and option == b"close":
                     self._drop(peer)
@@ -331,14 +330,15 @@ class ToyServer:
                         sum(1 for h in self.queue.get(function, ()) if self.jobs[h].priority == p)
                         for p in (0, 1, 2)
                     ]
-                    rows.append(b"%s\t%d\t%d\t%d\t%d" % (name, *queued, workers))
+                    high, normal, low = queued
+                    rows.append(b"%s\t%d\t%d\t%d\t%d" % (name, high, normal, low, workers))
         # The rows may hold raw names (the forged fault), which the core refuses to
         # format: settle the owed reply with an empty listing, write the rows by hand.
-        empty = {
-            admin.Status: admin.StatusReply(()),
-            admin.Workers: admin.WorkersReply(()),
-            admin.PriorityStatus: admin.PriorityStatusReply(()),
-        }[type(command)]
+        empty: admin.AdminReply = admin.StatusReply(())
+        if isinstance(command, admin.Workers):
+            empty = admin.WorkersReply(())
+        elif isinstance(command, admin.PriorityStatus):
+            empty = admin.PriorityStatusReply(())
         with contextlib.suppress(LocalProtocolError):
             peer.conn.send(empty)
         self._write(peer, b"".join(r + b"\n" for r in rows) + b".\n")
@@ -545,7 +545,7 @@ def test_differential_classifies_error_codes_and_closes(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------ job-model oracles
 
-SUBMIT_BG_D1 = {
+SUBMIT_BG_D1: dict[str, Any] = {
     "rule": "submit",
     "client": 0,
     "fn": 0,
@@ -554,7 +554,7 @@ SUBMIT_BG_D1 = {
     "priority": 1,
     "background": True,
 }
-SUBMIT_FG = {
+SUBMIT_FG: dict[str, Any] = {
     "rule": "submit",
     "client": 0,
     "fn": 0,
@@ -563,7 +563,7 @@ SUBMIT_FG = {
     "priority": 1,
     "background": False,
 }
-JOB_ACTIONS = {
+JOB_ACTIONS: dict[str, tuple[list[dict[str, Any]], FindingClass]] = {
     # fault: (actions, expected class)
     "lose": ([{"rule": "client"}, SUBMIT_BG_D1], FindingClass.LOST_JOB),
     "duplicate": (

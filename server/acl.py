@@ -38,7 +38,7 @@ from typing import Any, TypeAlias
 
 from gearproto import admin as _admin
 
-from .tls import ATTRIBUTE_NAMES, Subject
+from .tls import ATTRIBUTE_NAMES, Subject, subject_from_peercert
 
 __all__ = [
     "LOCAL_HOSTS",
@@ -343,8 +343,12 @@ class AdminAccess:
     def guard(self, peer: Any, command: Any) -> _admin.AdminError | None:
         """The server's ``admin_guard`` hook: ``refusal`` for a peer-info object.
 
-        Reads ``peer.host`` and, when the runner provides it, ``peer.subject`` (the
-        verified client-certificate subject, see
+        Reads ``peer.host`` and the verified client certificate when the runner
+        provides one: ``peer.peercert`` (as ``getpeercert()`` returns it) or
+        ``peer.subject`` (already converted by
         :func:`gearproto.server.tls.subject_from_peercert`).
         """
-        return self.refusal(command, str(peer.host), getattr(peer, "subject", None))
+        subject = getattr(peer, "subject", None)
+        if subject is None:
+            subject = subject_from_peercert(getattr(peer, "peercert", None))
+        return self.refusal(command, str(peer.host), subject)

@@ -206,6 +206,13 @@ class NoSubjectPeer(NamedTuple):
     host: str
 
 
+class CertPeer(NamedTuple):
+    """The server's PeerInfo shape: the raw ``getpeercert()`` dictionary."""
+
+    host: str
+    peercert: Any = None
+
+
 def test_guard_hook_for_the_server() -> None:
     access = AdminAccess.from_options("subject:CN=ops")
     cancel = admin.CancelJob(b"h")
@@ -213,3 +220,8 @@ def test_guard_hook_for_the_server() -> None:
     assert access.guard(NoSubjectPeer("10.0.0.1"), cancel) is not None
     assert access.guard(FakePeer("10.0.0.1", subject=OPS), cancel) is None
     assert access.guard(FakePeer("10.0.0.1"), cancel) is not None
+    cert = {"subject": ((("commonName", "ops"),), (("organizationName", "Example"),))}
+    assert access.guard(CertPeer("10.0.0.1", cert), cancel) is None
+    assert access.guard(CertPeer("10.0.0.1", {}), cancel) is not None  # no certificate
+    other = {"subject": ((("commonName", "intruder"),),)}
+    assert access.guard(CertPeer("10.0.0.1", other), cancel) is not None

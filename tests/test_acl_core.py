@@ -72,3 +72,22 @@ def test_local_and_listed_peers_can() -> None:
     assert server.line("127.0.0.1", b"maxqueue f") == b"OK\r\n"  # loopback: still allowed
     assert isinstance(server.submit(b"three"), JobCreated)
     assert server.line("192.0.2.1", b"maxqueue f 1").startswith(b"ERR PERMISSION_DENIED")
+
+
+def test_client_certificate_subjects_in_the_core() -> None:
+    server = Admin(AdminAccess.from_options("subject:CN=ops-admin,O=Example"))
+    created = server.submit(b"job")
+    assert isinstance(created, JobCreated)
+    ops = {"subject": ((("commonName", "ops-admin"),), (("organizationName", "Example"),))}
+    other = {"subject": ((("commonName", "worker-7"),), (("organizationName", "Example"),))}
+
+    def line_with_cert(cert: dict[str, Any], line: bytes) -> bytes:
+        server.next_id += 1
+        conn_id = f"tls-{server.next_id}"
+        server.core.connect(conn_id, PeerInfo("203.0.113.5", 2, 2, cert))
+        server.core.receive(conn_id, line + b"\r\n", NOW)
+        return b"".join(c for t in server.core.drain() for c in t.chunks)
+
+    assert line_with_cert(other, b"maxqueue f 1").startswith(b"ERR PERMISSION_DENIED")
+    assert line_with_cert({}, b"maxqueue f 1").startswith(b"ERR PERMISSION_DENIED")
+    assert line_with_cert(ops, b"cancel job " + created.handle) == b"OK\r\n"

@@ -126,6 +126,7 @@ class ServerCore:
         # retries) for CAN_DO_TIMEOUT (stale entries are recognised and skipped).
         self._epochs: list[tuple[float, int, Job]] = []
         self._timeouts: list[tuple[float, int, Job, Peer, int]] = []
+        self._timeouts_limit = _MIN_TIMER_COMPACT
         self._dirty: list[Peer] = []
         self._frame_pool: list[bytearray] = []
         # The latest time seen, for work done outside a timed call (drain).
@@ -895,11 +896,24 @@ class ServerCore:
         peer.working[job] = None
         timeout = peer.timeouts[function]
         if timeout:
-            heapq.heappush(
-                self._timeouts,
-                (now + timeout, next(self._timer_seq), job, peer, job.retries),
-            )
+            timeouts = self._timeouts
+            heapq.heappush(timeouts, (now + timeout, next(self._timer_seq), job, peer, job.retries))
+            if len(timeouts) > self._timeouts_limit:
+                self._compact_timeouts()
         return job
+
+    def _compact_timeouts(self) -> None:
+        """Drop timers of jobs that already ended (they would fire and do nothing),
+        so that long timeouts on a busy server do not pile up in memory."""
+        live = [
+            entry
+            for entry in self._timeouts
+            if entry[2].state is _RUNNING and entry[2].worker is entry[3]
+            and entry[2].retries == entry[4]
+        ]  # fmt: skip
+        heapq.heapify(live)
+        self._timeouts = live
+        self._timeouts_limit = max(_MIN_TIMER_COMPACT, 2 * len(live))
 
     def _next_job(self, peer: Peer) -> Job | None:
         """Global priority (HIGH, NORMAL, LOW) over the peer's functions, FIFO within
@@ -1236,6 +1250,9 @@ _pack_header = wire._pack
 _RES = b"\0RES"
 _JOIN_PAYLOAD = wire._JOIN_PAYLOAD
 _tuple_new = tuple.__new__
+# The CAN_DO_TIMEOUT heap is compacted when it holds twice its live entries (and at
+# least this many).
+_MIN_TIMER_COMPACT = 1024
 _refcount = sys.getrefcount
 # Big-packet buffers: sizes rounded to this, at most this many kept for reuse, and
 # none larger than this kept.

@@ -800,3 +800,21 @@ def test_split_packets_and_lines_are_reassembled() -> None:
         h.core.receive(1, bytes([byte]), h.now)
     h._pump()
     assert h.events(1) == [JobCreated(b"H:t:1"), StatusReply((StatusRow(b"f", 1, 0, 0),))]
+
+
+def test_timers_of_finished_jobs_do_not_pile_up() -> None:
+    h = harness()
+    h.connect(1)
+    h.connect(9)
+    h.send(9, CanDoTimeout(b"f", 3_600_000))  # an hour: no timer falls due here
+    for i in range(5000):
+        h.send(1, SubmitJob(b"f", b"", b"%d" % i, background=True))
+        job = grab(h, 9)
+        assert isinstance(job, JobAssignUniq)
+        h.send(9, WorkComplete(job.handle, b""))
+    assert len(h.core._timeouts) <= 2048
+    # A running job's timer survives compaction and still fires.
+    h.send(1, SubmitJob(b"f", b"", b"last", background=True))
+    grab(h, 9)
+    h.advance(3601)
+    assert h.admin(1, b"status\n") == b"f\t1\t0\t1\n.\n"

@@ -1082,6 +1082,13 @@ class ServerCore:
         elif state is _QUEUED:
             function.ready -= 1
             function.queued[job.priority] -= 1
+            queue = function.queues[job.priority]
+            if len(queue) > 64 and len(queue) > 2 * function.ready:
+                # Removed jobs stay in their deque until met; rebuild it before the
+                # dead entries outnumber the live ones.
+                live = [j for j in queue if j.state is _QUEUED and j.function is function]
+                queue.clear()
+                queue.extend(live)
         elif state is _SCHEDULED or state is _PENDING:
             function.queued[job.priority] -= 1
         del self._jobs[job.handle]

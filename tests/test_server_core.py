@@ -818,3 +818,19 @@ def test_timers_of_finished_jobs_do_not_pile_up() -> None:
     grab(h, 9)
     h.advance(3601)
     assert h.admin(1, b"status\n") == b"f\t1\t0\t1\n.\n"
+
+
+def test_cancelled_queued_jobs_do_not_pile_up_in_the_queue() -> None:
+    h = harness()
+    h.connect(5)
+    for i in range(3000):
+        h.connect(100 + i)
+        h.send(100 + i, SubmitJob(b"f", b"", b"%d" % i))
+        h.disconnect(100 + i)  # its foreground job is dropped
+    h.connect(1)
+    h.send(1, SubmitJob(b"f", b"", b"kept", background=True))
+    function = next(iter(h.core.functions()))
+    assert len(function.queues[N]) <= 130
+    h.connect(9)
+    h.send(9, CanDo(b"f"))
+    assert grab(h, 9) == JobAssignUniq(b"H:t:3001", b"f", b"", b"kept")

@@ -364,6 +364,9 @@ _NO_JOB = NoJob()
 
 _tuple_new = tuple.__new__
 
+# How many ended jobs a client remembers, so that late WORK_* for them pass.
+_FINISHED_KEPT = 1024
+
 # Fields kinds whose length is checked on receive (numbers are checked separately).
 _LENGTH_KINDS = frozenset({FieldKind.FUNCTION, FieldKind.UNIQUE, FieldKind.HANDLE, FieldKind.TEXT})
 
@@ -374,8 +377,26 @@ _MAX_RELAYED_NUMBER = 32
 _FieldCheck: TypeAlias = tuple[int, int, str, FieldKind, bool]
 
 
-def _field_checks(limits: Limits) -> list[tuple[_FieldCheck, ...]]:
-    """Per packet type: (index, limit, name, kind, is_tail) for every field."""
+_CHECKS_CACHE: dict[Limits, tuple[list[tuple[_FieldCheck, ...]], list[int]]] = {}
+
+
+def _field_checks(limits: Limits) -> tuple[list[tuple[_FieldCheck, ...]], list[int]]:
+    """Per packet type: (index, limit, name, kind, is_tail) for every field, and the
+    limit of the only field of one-field packets (for the fast paths).
+
+    Built once per distinct ``Limits`` (they are frozen), not once per connection.
+    """
+    tables = _CHECKS_CACHE.get(limits)
+    if tables is None:
+        if len(_CHECKS_CACHE) > 64:
+            _CHECKS_CACHE.clear()
+        checks = _build_field_checks(limits)
+        single = [row[0][1] if len(row) == 1 else 0 for row in checks]
+        tables = _CHECKS_CACHE[limits] = (checks, single)
+    return tables
+
+
+def _build_field_checks(limits: Limits) -> list[tuple[_FieldCheck, ...]]:
     table: list[tuple[_FieldCheck, ...]] = [()]
     for ptype in PacketType:
         spec = PACKETS[ptype]
@@ -476,9 +497,8 @@ class Connection:
         self.limits: Final = limits if limits is not None else Limits()
         self._our_magic = REQ if side is Side.CLIENT else RES
         self._their_magic = RES if side is Side.CLIENT else REQ
-        self._checks = _field_checks(self.limits)
-        # The limit of the only field of one-field requests, by type (fast paths).
-        self._field_limit = [checks[0][1] if len(checks) == 1 else 0 for checks in self._checks]
+        # Per type: the checks of every field, and the limit of a packet's only field.
+        self._checks, self._field_limit = _field_checks(self.limits)
         self._max_packet = self.limits.max_packet_size
         # A server reads command lines (gearmand: 8 KiB); a client reads reply
         # lines, and a `workers` row can be much longer than that.
@@ -962,6 +982,8 @@ class Connection:
         max_function = limits.max_function
         max_unique = limits.max_unique
         max_text = limits.max_text
+        finished = self._finished
+        finished_max = 2 * _FINISHED_KEPT
         fast_max = min(LARGE_BODY - 1, self._max_packet)
         new = _tuple_new
         while pos < n:
@@ -985,7 +1007,10 @@ class Connection:
                         if ends_job[ptype]:
                             if count == 1:
                                 del client_handles[handle]
-                                self._remember_finished(handle)
+                                finished[handle] = None
+                                if len(finished) > finished_max:
+                                    self._trim_finished()
+                                    finished = self._finished
                             else:
                                 client_handles[handle] = count - 1
                         emit(new(classes[ptype], (handle, data)))
@@ -1016,7 +1041,10 @@ class Connection:
                     if count is not None:
                         if count == 1:
                             del client_handles[handle]
-                            self._remember_finished(handle)
+                            finished[handle] = None
+                            if len(finished) > finished_max:
+                                self._trim_finished()
+                                finished = self._finished
                         else:
                             client_handles[handle] = count - 1
                         emit(new(WorkFail, (handle,)))
@@ -1034,7 +1062,8 @@ class Connection:
                                 handle = src[pos + 12 : end]
                                 if not _is_background(request):
                                     client_handles[handle] = client_handles.get(handle, 0) + 1
-                                    self._finished.pop(handle, None)
+                                    if finished:
+                                        finished.pop(handle, None)
                                 answers[len(ready)] = request
                                 emit(new(JobCreated, (handle,)))
                                 pos = end
@@ -1515,8 +1544,14 @@ class Connection:
     def _remember_finished(self, handle: bytes) -> None:
         finished = self._finished
         finished[handle] = None
-        if len(finished) > 1024:
-            del finished[next(iter(finished))]
+        if len(finished) > 2 * _FINISHED_KEPT:
+            self._trim_finished()
+
+    def _trim_finished(self) -> None:
+        # Keep the newest half; rebuilding beats deleting from the front, which leaves
+        # a trail of dead slots for every later lookup of the oldest key to skip.
+        items = list(self._finished)
+        self._finished = dict.fromkeys(items[-_FINISHED_KEPT:])
 
     # ----------------------------------------------------------------------- send
 

@@ -627,13 +627,13 @@ def test_queue_entries_read_well_in_a_debugger() -> None:
 
 def test_finished_handles_are_remembered_boundedly() -> None:
     client, server = client_and_server()
-    for i in range(1100):
+    for i in range(2100):
         handle = b"H:%d" % i
         relay(client, server, ev.SubmitJob(b"f", b"", b""))
         relay(server, client, ev.JobCreated(handle))
         relay(server, client, ev.WorkComplete(handle, b""))
-    client.receive_data(raw_packet(RES, 28, [b"H:1099", b"late"]))
-    assert client.next_event() == ev.WorkData(b"H:1099", b"late")
+    client.receive_data(raw_packet(RES, 28, [b"H:2099", b"late"]))
+    assert client.next_event() == ev.WorkData(b"H:2099", b"late")
     client.receive_data(raw_packet(RES, 28, [b"H:0", b"too late"]))
     assert not remote_error(client).fatal
 

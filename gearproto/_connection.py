@@ -351,8 +351,13 @@ _CLIENT_BRANCH = _branches(
 # a WORK_* ends its job; how many NULs an assignment has; the singletons of bodiless
 # packets.
 _CLASS: list[Any] = [None] + [EVENT_CLASSES[t] for t in PacketType]
-_SUBMIT_EXTRA: list[tuple[Any, ...]] = [
-    SUBMIT_VARIANTS.get(PacketType(t), ()) if t else () for t in range(MAX_TYPE + 1)
+_PRIORITY_OF: list[Any] = [
+    SUBMIT_VARIANTS[PacketType(t)][0] if t and t in SUBMIT_VARIANTS else None
+    for t in range(MAX_TYPE + 1)
+]
+_BACKGROUND_OF: list[Any] = [
+    SUBMIT_VARIANTS[PacketType(t)][1] if t and t in SUBMIT_VARIANTS else None
+    for t in range(MAX_TYPE + 1)
 ]
 _ENDS_JOB = [t in _TERMINAL for t in range(MAX_TYPE + 1)]
 _ASSIGN_NULS = [PACKETS[PacketType(t)].nul_terminated if t else 0 for t in range(MAX_TYPE + 1)]
@@ -798,7 +803,8 @@ class Connection:
         base = _REQ_BASE
         branch_of = _SERVER_BRANCH
         classes = _CLASS
-        submit_extra = _SUBMIT_EXTRA
+        priority_of = _PRIORITY_OF
+        bg_of = _BACKGROUND_OF
         ends_job = _ENDS_JOB
         singletons = _SINGLETON
         emit = self._ready.append
@@ -845,20 +851,20 @@ class Connection:
                         continue
                 elif branch == 2:  # SUBMIT_JOB and its five variants
                     parts = src[pos + 12 : end].split(b"\0", 2)
-                    if (
-                        len(parts) == 3
-                        and len(parts[0]) <= max_function
-                        and len(parts[1]) <= max_unique
-                    ):
-                        parts += submit_extra[ptype]
-                        event = new(SubmitJob, parts)
-                        if run_count:
-                            owe([run_count, run_work, run_last, run_wlast, run_olast])
-                            run_count = run_work = 0
-                        owe(event)
-                        emit(event)
-                        pos = end
-                        continue
+                    if len(parts) == 3:  # else a NUL is missing: the slow path reports it
+                        function, unique, data = parts
+                        if len(function) <= max_function and len(unique) <= max_unique:
+                            event = new(
+                                SubmitJob,
+                                (function, unique, data, priority_of[ptype], bg_of[ptype]),
+                            )
+                            if run_count:
+                                owe([run_count, run_work, run_last, run_wlast, run_olast])
+                                run_count = run_work = 0
+                            owe(event)
+                            emit(event)
+                            pos = end
+                            continue
                 elif branch == 3:  # GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL
                     event = singletons[ptype]
                     if run_count:

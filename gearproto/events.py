@@ -531,7 +531,10 @@ def _submit_type(ev: Any) -> PacketType:
     try:
         return _SUBMIT_TYPES[(ev.priority, ev.background)]
     except (KeyError, TypeError):
-        return _SUBMIT_TYPES[(Priority(ev.priority), bool(ev.background))]
+        raise ValueError(
+            f"SubmitJob needs a Priority and a bool background, not {ev.priority!r}"
+            f" and {ev.background!r}"
+        ) from None
 
 
 def _reduce_type(ev: Any) -> PacketType:
@@ -545,6 +548,7 @@ def packet_type(event: PacketEvent) -> PacketType:
 
     Raises:
         TypeError: ``event`` is not a packet event.
+        ValueError: a SubmitJob's priority or background is not valid.
     """
     cls = type(event)
     single = _SINGLE_TYPE.get(cls)

@@ -642,3 +642,62 @@ def test_connection_closed_is_not_sendable() -> None:
     for side in (Side.CLIENT, Side.SERVER):
         with pytest.raises(LocalProtocolError, match="not ConnectionClosed"):
             Connection(side).send(ev.ConnectionClosed())
+
+
+def test_many_distinct_limits_are_fine() -> None:
+    for size in range(100, 180):
+        conn = Connection(Side.SERVER, limits=Limits(max_packet_size=size))
+        conn.receive_data(raw_packet(REQ, 16, [b"x" * (size + 1)]))
+        assert remote_error(conn).fatal
+
+
+def test_large_packets_take_the_same_path_through_the_state() -> None:
+    big = b"b" * (1 << 17)
+    worker, server = client_and_server()
+    relay(worker, server, ev.GrabJob())
+    relay(server, worker, ev.JobAssign(b"H:1", b"f", big))
+    assert relay(worker, server, ev.WorkComplete(b"H:1", big)) == [ev.WorkComplete(b"H:1", big)]
+    assert server.assigned_handles == frozenset()
+    client, view = client_and_server()
+    relay(client, view, ev.SubmitJob(b"f", b"u", big), ev.SubmitJob(b"f", b"u", b""))
+    relay(view, client, ev.JobCreated(b"H:1"), ev.JobCreated(b"H:1"))
+    done = ev.WorkComplete(b"H:1", big)
+    assert relay(view, client, done, done) == [done, done]
+    assert client.client_handles == frozenset()
+
+
+def test_work_fail_for_a_job_submitted_twice() -> None:
+    client, server = client_and_server()
+    relay(client, server, ev.SubmitJob(b"f", b"u", b""), ev.SubmitJob(b"f", b"u", b""))
+    relay(server, client, ev.JobCreated(b"H:1"), ev.JobCreated(b"H:1"))
+    assert relay(server, client, ev.WorkFail(b"H:1")) == [ev.WorkFail(b"H:1")]
+    assert client.client_handles == {b"H:1"}
+    assert relay(server, client, ev.WorkFail(b"H:1")) == [ev.WorkFail(b"H:1")]
+    assert client.client_handles == frozenset()
+
+
+@pytest.mark.parametrize("payload", [None, b"small", b"x" * 70000])
+def test_ended_jobs_are_forgotten_in_halves(payload: bytes | None) -> None:
+    """WORK_FAIL, and WORK_COMPLETE small (inline path) and large (generic path)."""
+    client = Connection(Side.CLIENT)
+    for _ in range(2100):
+        client.send(ev.SubmitJob(b"f", b"", b""))
+
+    def end(i: int) -> bytes:
+        if payload is None:
+            return raw_packet(RES, 14, [b"H:%d" % i])
+        # Only the jobs around the trimming point carry the large payload.
+        data = payload if i > 2040 else b"small"
+        return raw_packet(RES, 13, [b"H:%d" % i, data])
+
+    wire = b"".join(raw_packet(RES, 8, [b"H:%d" % i]) + end(i) for i in range(2100))
+    client.receive_data(wire)
+    assert len(client.next_events()) == 4200
+    assert len(client._finished) <= 2048
+    client.receive_data(raw_packet(RES, 28, [b"H:2099", b"late"]))
+    assert client.next_event() == ev.WorkData(b"H:2099", b"late")
+
+
+def test_packet_type_of_a_bad_submission() -> None:
+    with pytest.raises(ValueError, match="needs a Priority and a bool background"):
+        ev.packet_type(ev.SubmitJob(b"f", b"", b"", 9))  # type: ignore[arg-type]

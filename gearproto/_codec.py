@@ -61,6 +61,12 @@ def parse_int(raw: bytes) -> int:
     Leading whitespace and a sign are allowed, trailing garbage is ignored and a field
     with no digits reads as 0 — that is how gearmand reads numbers, and what it
     forwards unchanged, so a client must read them the same way.
+
+    Args:
+        raw: the field's bytes.
+
+    Returns:
+        The number; at most 31 digits are read (more would be nonsense).
     """
     if raw.isdigit() and len(raw) <= 30:
         return int(raw)
@@ -216,6 +222,14 @@ def raw_packet(magic: bytes, ptype: int, fields: Sequence[bytes]) -> bytes:
 
     For tests and fuzzers that need packets no :class:`Connection` would send
     (wrong magic, unknown types, NULs inside fields).
+
+    Args:
+        magic: the first four bytes, normally ``REQ`` or ``RES``.
+        ptype: the type number (any unsigned 32-bit value).
+        fields: the fields, joined with NUL bytes into the body.
+
+    Returns:
+        The header and body.
     """
     body = b"\0".join(fields)
     return HEADER.pack(magic, ptype, len(body)) + body

@@ -123,7 +123,7 @@ class FieldKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One field of a packet body."""
+    """One field of a packet body: its name (the event's attribute) and its kind."""
 
     name: str
     kind: FieldKind
@@ -141,6 +141,7 @@ class PacketSpec:
 
     @property
     def name(self) -> str:
+        """The packet's name, e.g. ``"SUBMIT_JOB"``."""
         return self.type.name
 
     @property
@@ -155,10 +156,12 @@ class PacketSpec:
 
     @property
     def may_send_request(self) -> bool:
+        """Whether clients and workers send it (with ``\\0REQ``)."""
         return self.direction is not Direction.RESPONSE
 
     @property
     def may_send_response(self) -> bool:
+        """Whether servers send it (with ``\\0RES``)."""
         return self.direction is not Direction.REQUEST
 
 

@@ -296,8 +296,31 @@ _RES_BASE = int.from_bytes(RES, "big") << 32
 
 # Branch numbers of the inline decoders, indexed by packet type (0 = slow path).
 # The parse loops compare against these numbers as literals.
-_S_WORK, _S_SUBMIT, _S_GRAB, _S_SLEEP, _S_ECHO, _S_ABILITY, _S_STATUS = range(1, 8)
-_C_CREATED, _C_WORK, _C_NOOP, _C_NOJOB, _C_ASSIGN, _C_ECHO = range(1, 7)
+(
+    _S_WORK,
+    _S_SUBMIT,
+    _S_GRAB,
+    _S_SLEEP,
+    _S_ECHO,
+    _S_ABILITY,
+    _S_ONE_FIELD,
+    _S_WORK_STATUS,
+    _S_WORK_FAIL,
+    _S_CLIENT_ID,
+    _S_RESET,
+) = range(1, 12)
+(
+    _C_CREATED,
+    _C_WORK,
+    _C_NOOP,
+    _C_NOJOB,
+    _C_ASSIGN,
+    _C_ECHO,
+    _C_WORK_STATUS,
+    _C_WORK_FAIL,
+    _C_STATUS,
+    _C_OPTION,
+) = range(1, 11)
 assert MAX_TYPE == 42, "the parse loops test 0 < type < 43"
 
 
@@ -319,13 +342,13 @@ _SERVER_BRANCH = _branches(
         _T.CAN_DO: _S_ABILITY,
         _T.CANT_DO: _S_ABILITY,
         _T.PRE_SLEEP: _S_SLEEP,
-        _T.GET_STATUS: _S_STATUS,
-        _T.GET_STATUS_UNIQUE: _S_STATUS,
-        _T.OPTION_REQ: _S_STATUS,
-        _T.WORK_STATUS: 8,
-        _T.WORK_FAIL: 9,
-        _T.SET_CLIENT_ID: 10,
-        _T.RESET_ABILITIES: 11,
+        _T.GET_STATUS: _S_ONE_FIELD,
+        _T.GET_STATUS_UNIQUE: _S_ONE_FIELD,
+        _T.OPTION_REQ: _S_ONE_FIELD,
+        _T.WORK_STATUS: _S_WORK_STATUS,
+        _T.WORK_FAIL: _S_WORK_FAIL,
+        _T.SET_CLIENT_ID: _S_CLIENT_ID,
+        _T.RESET_ABILITIES: _S_RESET,
     }
 )
 _CLIENT_BRANCH = _branches(
@@ -341,10 +364,10 @@ _CLIENT_BRANCH = _branches(
         _T.JOB_ASSIGN_UNIQ: _C_ASSIGN,
         _T.JOB_ASSIGN_ALL: _C_ASSIGN,
         _T.ECHO_RES: _C_ECHO,
-        _T.WORK_STATUS: 7,
-        _T.WORK_FAIL: 8,
-        _T.STATUS_RES: 9,
-        _T.OPTION_RES: 10,
+        _T.WORK_STATUS: _C_WORK_STATUS,
+        _T.WORK_FAIL: _C_WORK_FAIL,
+        _T.STATUS_RES: _C_STATUS,
+        _T.OPTION_RES: _C_OPTION,
     }
 )
 # Per type: the event class; the priority/background of a SUBMIT_JOB variant; whether

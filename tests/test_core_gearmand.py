@@ -64,9 +64,11 @@ def _populate(server: ServerProcess, wires: list[CoreWire]) -> bytes:
         ev.CanDo(b"rev"),
         ev.CanDo(b"rev"),
         ev.CanDo(b"with space"),
-        ev.CanDo(b"busy"),
     )
     sync(worker)
+    busy = connect(server, wires)
+    busy.send(ev.CanDo(b"busy"))
+    sync(busy)
     client = connect(server, wires)
     for event in (
         ev.SubmitJob(b"busy", b"running-one", b"x", background=True),
@@ -78,8 +80,7 @@ def _populate(server: ServerProcess, wires: list[CoreWire]) -> bytes:
     ):
         reply, _ = client.request(event)
         assert type(reply) is ev.JobCreated
-    # The worker's most recent registration is served first by 1.1.20: take "busy".
-    assign, _ = worker.request(ev.GrabJobUniq())
+    assign, _ = busy.request(ev.GrabJobUniq())
     assert type(assign) is ev.JobAssignUniq
     return bytes(assign.handle)
 

@@ -10,7 +10,9 @@ give the yardstick:
 
 * ``bare``: ``struct`` unpacks each header and skips the body -- framing only;
 * ``bare+slice``: the same, also slicing out each body (the least any parser that
-  hands the body on must do).
+  hands the body on must do);
+* ``typed, unchecked``: split each body and build its event class, with no check and
+  no state -- the ceiling for a parser into typed events written in Python.
 
 Every figure is the best of ``--repeat`` runs, runs of all variants interleaved, so
 that a noisy machine hurts them alike.  Also measured: ``Connection.send`` (the
@@ -145,6 +147,31 @@ def bare_slice(data: bytes) -> int:
     return count
 
 
+def typed_unchecked(data: bytes) -> int:
+    """The least a parser into typed events can do: split each body, build its event.
+
+    No validation, no state, numbers left as bytes -- not a usable parser, the
+    ceiling for one written in Python.
+    """
+    unpack = struct.Struct(">II").unpack_from
+    classes = [None] + [ev.EVENT_CLASSES[t] for t in sorted(ev.EVENT_CLASSES)]
+    empty = [cls() if cls is not None and not cls._fields else None for cls in classes]
+    new = tuple.__new__
+    out: list[Any] = []
+    emit = out.append
+    pos = 0
+    n = len(data)
+    while pos < n:
+        ptype, size = unpack(data, pos + 4)
+        end = pos + 12 + size
+        if size:
+            emit(new(classes[ptype], data[pos + 12 : end].split(b"\0")))
+        else:
+            emit(empty[ptype])
+        pos = end
+    return len(out)
+
+
 def core_next_event(conn: Connection, data: bytes) -> int:
     count = 0
     next_event = conn.next_event
@@ -240,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "bare": untimed_setup(lambda: bare(data)),
             "bare+slice": untimed_setup(lambda: bare_slice(data)),
+            "typed, unchecked": untimed_setup(lambda: typed_unchecked(data)),
             "core next_event()": (factory, lambda conn: core_next_event(conn, data)),
             "core next_events()": (factory, lambda conn: core_next_events(conn, data)),
         }

@@ -1089,7 +1089,10 @@ class Connection:
                             if rclass in submit_classes and size <= max_handle:
                                 pending.popleft()
                                 handle = src[pos + 12 : end]
-                                if not _is_background(request):
+                                # A foreground submission (inline _is_background).
+                                if (rclass is SubmitJob and not request[4]) or (
+                                    rclass is SubmitReduceJob and not request[5]
+                                ):
                                     client_handles[handle] = client_handles.get(handle, 0) + 1
                                     if finished:
                                         finished.pop(handle, None)

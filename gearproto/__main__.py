@@ -17,6 +17,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("gearproto.bindings.cli", "worker_main", "run a command for every job"),
     "admin": ("gearproto.bindings.cli", "admin_main", "send admin commands (like gearadmin)"),
     "fuzz": ("gearproto.fuzz.cli", "main", "fuzz-test a Gearman server"),
+    "demo": ("gearproto.demo", "main", "one job through the sans-IO core, in memory"),
 }
 
 

@@ -1374,7 +1374,7 @@ class Connection:
         # Everything else a server sends answers something this side sent.
         found = self._locate(event, event[0] if ptype == _T.ERROR else None)
         if type(found) is str:
-            self._fail(f"{found} by the server", b"", b"", fatal=True)
+            self._fail(found, b"", b"", fatal=True)
             return False
         request = self._consume(found, event)  # type: ignore[arg-type]
         if request is not None:
@@ -1512,22 +1512,24 @@ class Connection:
             if bits & _run_mask(entry):
                 return index
             index += 1
-        what = packet_type(reply).name
+        what = packet_type(reply).name + (
+            " sent" if self.side is Side.SERVER else " received from the server"
+        )
         reply_class = type(reply)
         if index == count:
             if code is not None:
                 return index
-            return f"{what} sent, but no request is waiting for a reply"
+            return f"{what}, but no request is waiting for a reply"
         entry = pending[index]
         entry_class = type(entry)
         if entry_class is _Owed:
             if code is None:
-                return f"{what} sent, but an ERROR is owed first for a refused request"
+                return f"{what}, but an ERROR is owed first for a refused request"
             return index
         if entry_class in _admin.COMMAND_CLASSES:
-            return f"{what} sent, but the reply to admin command {_describe(entry)} is due first"
+            return f"{what}, but the reply to admin command {_describe(entry)} is due first"
         if code is None and reply_class not in _REPLIES[entry_class]:
-            return f"{what} sent, but the reply to {_describe(entry)} is due first"
+            return f"{what}, but the reply to {_describe(entry)} is due first"
         return index
 
     def _consume(self, index: int, reply: Any) -> Any:

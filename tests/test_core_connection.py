@@ -76,7 +76,7 @@ def test_replies_are_matched_in_order() -> None:
 @pytest.mark.parametrize(
     ("requests", "reply", "message"),
     [
-        ([], ev.JobCreated(b"H:1"), "JOB_CREATED sent, but no request is waiting"),
+        ([], ev.JobCreated(b"H:1"), "JOB_CREATED received from the server, but no request is waiting"),
         ([ev.SubmitJob(b"f", b"", b"")], ev.EchoRes(b""), "reply to SUBMIT_JOB is due first"),
         ([admin.Version()], ev.NoJob(), "reply to admin command Version is due first"),
     ],

@@ -208,6 +208,9 @@ _REPLIES: dict[type[Any], frozenset[type[Any]]] = {
     # Type 5 is reserved: every server answers it with ERROR.
     Unused: frozenset(),
 }
+_REPLY_NAME: dict[type[Any], str] = {
+    EVENT_CLASSES[t]: t.name for t in PacketType if PACKETS[t].direction is Direction.RESPONSE
+}
 _SUBMIT_CLASSES = frozenset({SubmitJob, SubmitReduceJob, SubmitJobEpoch, SubmitJobSched})
 _GRAB_CLASSES = frozenset({GrabJob, GrabJobUniq, GrabJobAll})
 _ASSIGN_CLASSES = frozenset({JobAssign, JobAssignUniq, JobAssignAll})
@@ -1529,7 +1532,11 @@ class Connection:
         if entry_class in _admin.COMMAND_CLASSES:
             return f"{what}, but the reply to admin command {_describe(entry)} is due first"
         if code is None and reply_class not in _REPLIES[entry_class]:
-            return f"{what}, but the reply to {_describe(entry)} is due first"
+            expected = " or ".join(sorted(_REPLY_NAME[c] for c in _REPLIES[entry_class]))
+            return (
+                f"{what}, but the reply due first is the one to {_describe(entry)}"
+                f" ({expected or 'ERROR'})"
+            )
         return index
 
     def _consume(self, index: int, reply: Any) -> Any:

@@ -76,8 +76,16 @@ def test_replies_are_matched_in_order() -> None:
 @pytest.mark.parametrize(
     ("requests", "reply", "message"),
     [
-        ([], ev.JobCreated(b"H:1"), "JOB_CREATED received from the server, but no request is waiting"),
-        ([ev.SubmitJob(b"f", b"", b"")], ev.EchoRes(b""), "reply to SUBMIT_JOB is due first"),
+        (
+            [],
+            ev.JobCreated(b"H:1"),
+            "JOB_CREATED received from the server, but no request is waiting",
+        ),
+        (
+            [ev.SubmitJob(b"f", b"", b"")],
+            ev.EchoRes(b""),
+            "the reply due first is the one to SUBMIT_JOB (JOB_CREATED)",
+        ),
         ([admin.Version()], ev.NoJob(), "reply to admin command Version is due first"),
     ],
 )

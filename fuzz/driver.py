@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from gearproto import ErrorCode, Priority, admin, events
 
+from .driver_admin import WEIRD, AdminChecks, AdminLink, ClientPeer, WorkerPeer
 from .execute import Timeouts
-from .listings import Ownership, forged_rows
-from .model import Job, JobState, Model, Range
+from .model import Job, JobState, Model
 from .oracles import server_state
 from .peer import Peer, PeerClosed, PeerError, PeerTimeout
 from .target import Target
-from .verdict import FindingClass, normalise
+from .verdict import FindingClass, Violation, normalise
 
 __all__ = ["Driver", "Violation"]
 
@@ -40,94 +39,10 @@ _WORK_EVENTS = (
     events.WorkStatus,
 )
 _ASSIGN = (events.JobAssign, events.JobAssignUniq, events.JobAssignAll)
-#: Characters that break line- and column-based admin output.
-WEIRD = (b"\n", b"\t", b" ", b"\r\n")
 MAX_PEERS = 4
 
 
-class Violation(Exception):
-    """A job invariant or protocol rule the target broke."""
-
-    def __init__(
-        self, cls: FindingClass, key: str, message: str, details: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(f"{cls.value}: {message}")
-        self.cls = cls
-        self.key = key
-        self.message = message
-        self.details = details or {}
-
-    @property
-    def signature(self) -> str:
-        return f"{self.cls.value}:{self.key}"
-
-
-@dataclass
-class _Client:
-    cid: int
-    peer: Peer
-    exceptions: bool = False
-    #: Terminal packets received, per handle.
-    results: dict[bytes, list[tuple[str, bytes]]] = field(default_factory=dict)
-
-
-@dataclass
-class _Worker:
-    wid: int
-    peer: Peer
-    client_id: bytes
-    functions: dict[bytes, int] = field(default_factory=dict)
-    held: list[bytes] = field(default_factory=list)
-    sleeping: bool = False
-    woken: int = 0
-
-
-class _AdminLink:
-    """A raw admin connection: rows are checked by the oracle, not parsed by the core."""
-
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-        self.buf = b""
-
-    def _line(self, deadline: float) -> bytes:
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PeerTimeout("admin: no reply")
-            if not self.peer._sel.select(left):
-                continue
-            try:
-                data = self.peer.sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                raise PeerClosed("admin: connection closed by the server")
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line[:-1] if line.endswith(b"\r") else line
-
-    def command(self, command: admin.AdminCommand, timeout: float) -> tuple[str, list[bytes]]:
-        """``("listing", rows)``, ``("ok", [value])`` or ``("err", [line])``."""
-        self.peer.write(admin.format_command(command))
-        deadline = time.monotonic() + timeout
-        first = self._line(deadline)
-        if type(command) in admin.LISTING_COMMANDS:
-            if first.startswith(b"ERR "):
-                return "err", [first]
-            rows: list[bytes] = []
-            line = first
-            while line != b".":
-                rows.append(line)
-                line = self._line(deadline)
-            return "listing", rows
-        if first.startswith(b"OK"):
-            return "ok", [first[3:]]
-        return "err", [first]
-
-
-class Driver:
+class Driver(AdminChecks):
     """One stateful run: a fresh set of names on the target, a model, and the peers."""
 
     def __init__(
@@ -146,8 +61,8 @@ class Driver:
         self.wake_wait = wake_wait
         self.functions = [prefix + b"f%d" % i for i in range(3)]
         self.model = Model()
-        self.clients: list[_Client] = []
-        self.workers: list[_Worker] = []
+        self.clients: list[ClientPeer] = []
+        self.workers: list[WorkerPeer] = []
         self.names: set[bytes] = set(self.functions)
         self.ids: set[bytes] = set()
         self.log: list[dict[str, Any]] = []
@@ -155,7 +70,7 @@ class Driver:
         self.ghosts: dict[bytes, int] = {}
         self._ids = 0
         self._tokens = 0
-        self._admin: _AdminLink | None = None
+        self._admin: AdminLink | None = None
         self.unsupported: set[str] = set()
 
     # ------------------------------------------------------------------- plumbing
@@ -229,9 +144,9 @@ class Driver:
             if reply.handle == token:
                 return errors
 
-    def _admin_link(self) -> _AdminLink:
+    def _admin_link(self) -> AdminLink:
         if self._admin is None or self._admin.peer.closed:
-            self._admin = _AdminLink(self._peer("admin"))
+            self._admin = AdminLink(self._peer("admin"))
         return self._admin
 
     def _admin_cmd(self, command: admin.AdminCommand) -> tuple[str, list[bytes]]:
@@ -249,7 +164,7 @@ class Driver:
             self._guard("reading a worker", worker.peer.poll, 0.0)
             self._worker_events(worker)
 
-    def _client_events(self, client: _Client) -> None:
+    def _client_events(self, client: ClientPeer) -> None:
         keep = []
         for event, answered in list(client.peer.inbox):
             if isinstance(event, _WORK_EVENTS):
@@ -259,7 +174,7 @@ class Driver:
         client.peer.inbox.clear()
         client.peer.inbox.extend(keep)
 
-    def _worker_events(self, worker: _Worker) -> None:
+    def _worker_events(self, worker: WorkerPeer) -> None:
         keep = []
         for event, answered in list(worker.peer.inbox):
             if isinstance(event, events.Noop):
@@ -270,7 +185,7 @@ class Driver:
         worker.peer.inbox.clear()
         worker.peer.inbox.extend(keep)
 
-    def _client_work(self, client: _Client, event: Any) -> None:
+    def _client_work(self, client: ClientPeer, event: Any) -> None:
         handle = event.handle
         job = self.model.by_handle.get(handle)
         if job is None or client.cid not in job.ever_clients:
@@ -329,10 +244,10 @@ class Driver:
         handler(action)
         self.pump()
 
-    def _client(self, index: int) -> _Client | None:
+    def _client(self, index: int) -> ClientPeer | None:
         return self.clients[index % len(self.clients)] if self.clients else None
 
-    def _worker(self, index: int) -> _Worker | None:
+    def _worker(self, index: int) -> WorkerPeer | None:
         return self.workers[index % len(self.workers)] if self.workers else None
 
     # --------------------------------------------------------------------- actions
@@ -341,7 +256,7 @@ class Driver:
         if len(self.clients) >= MAX_PEERS:
             return
         self._ids += 1
-        self.clients.append(_Client(self._ids, self._peer(f"client {self._ids}")))
+        self.clients.append(ClientPeer(self._ids, self._peer(f"client {self._ids}")))
 
     def _do_worker(self, action: dict[str, Any]) -> None:
         if len(self.workers) >= MAX_PEERS:
@@ -349,7 +264,7 @@ class Driver:
         self._ids += 1
         client_id = self.prefix + b"w%d" % self._ids
         peer = self._peer(f"worker {self._ids}")
-        worker = _Worker(self._ids, peer, client_id)
+        worker = WorkerPeer(self._ids, peer, client_id)
         self.workers.append(worker)
         self.ids.add(client_id)
         self._guard("SET_CLIENT_ID", peer.send, events.SetClientId(client_id))
@@ -400,7 +315,7 @@ class Driver:
 
     def _submitted(
         self,
-        client: _Client,
+        client: ClientPeer,
         event: Any,
         fn: bytes,
         unique: bytes,
@@ -552,7 +467,7 @@ class Driver:
         event = (events.GrabJob(), events.GrabJobUniq(), events.GrabJobAll())[kind]
         self._grab(worker, event)
 
-    def _grab(self, worker: _Worker, event: Any) -> Job | None:
+    def _grab(self, worker: WorkerPeer, event: Any) -> Job | None:
         what = type(event).__name__
         reply = self._request(worker.peer, event, (*_ASSIGN, events.NoJob), what)
         worker.sleeping = False
@@ -582,7 +497,7 @@ class Driver:
             return None
         return self._assigned(worker, reply)
 
-    def _assigned(self, worker: _Worker, reply: Any) -> Job:
+    def _assigned(self, worker: WorkerPeer, reply: Any) -> Job:
         handle = reply.handle
         job = self.model.by_handle.get(handle)
         if job is None:
@@ -675,7 +590,7 @@ class Driver:
             self._work_errors(worker, job, self._sync(worker.peer, type(event).__name__))
 
     def _finish_job(
-        self, worker: _Worker, job: Job, event: Any, outcome: tuple[str, bytes]
+        self, worker: WorkerPeer, job: Job, event: Any, outcome: tuple[str, bytes]
     ) -> None:
         self._guard(type(event).__name__, worker.peer.send, event)
         worker.held.remove(job.handle)
@@ -684,7 +599,7 @@ class Driver:
         job.holder = None
         self._work_errors(worker, job, self._sync(worker.peer, type(event).__name__))
 
-    def _work_errors(self, worker: _Worker, job: Job, errors: list[events.Error]) -> None:
+    def _work_errors(self, worker: WorkerPeer, job: Job, errors: list[events.Error]) -> None:
         if errors and not job.cancelled:
             raise Violation(
                 FindingClass.LOST_JOB,
@@ -722,21 +637,6 @@ class Driver:
         else:
             for fn, count in worker.functions.items():
                 self.ghosts[fn] = self.ghosts.get(fn, 0) + count
-
-    def _await_gone(self, client_id: bytes) -> bool:
-        """Poll ``workers`` until ``client_id`` is gone (the server saw the close)."""
-        if "workers" in self.unsupported:
-            return False
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            kind, rows = self._admin_cmd(admin.Workers())
-            if kind != "listing":
-                self.unsupported.add("workers")
-                return False
-            if not any(f" {client_id.decode('latin-1')} :".encode("latin-1") in r for r in rows):
-                return True
-            time.sleep(0.01)
-        return False
 
     def _do_drop_client(self, action: dict[str, Any]) -> None:
         client = self._client(action["client"])
@@ -823,171 +723,6 @@ class Driver:
                 f"GET_STATUS_UNIQUE {job.unique!r} says known, but every job with it finished",
             )
 
-    def _owner(self) -> Ownership:
-        return Ownership((self.prefix,), set(self.names), set(self.ids))
-
-    def _do_admin(self, action: dict[str, Any]) -> None:
-        what = action["what"]
-        if what in self.unsupported:
-            return
-        commands: dict[str, admin.AdminCommand] = {
-            "status": admin.Status(),
-            "prioritystatus": admin.PriorityStatus(),
-            "workers": admin.Workers(),
-        }
-        command = commands[what]
-        kind, rows = self._admin_cmd(command)
-        if kind != "listing":
-            self.unsupported.add(what)
-            return
-        problems = forged_rows(type(command), rows, self._owner())
-        if problems:
-            raise Violation(
-                FindingClass.FORGED_ROWS,
-                f"{what}",
-                f"{what}: {problems[0]}",
-                {"problems": problems[:10], "rows": [r[:120] for r in rows[-20:]]},
-            )
-        if what == "status":
-            self._check_status(rows)
-        elif what == "prioritystatus":
-            self._check_priority(rows)
-        else:
-            self._check_workers(rows)
-
-    def _parsed(self, command: type[Any], rows: list[bytes]) -> dict[bytes, Any]:
-        out: dict[bytes, Any] = {}
-        for row in rows:
-            if not row.startswith(self.prefix):
-                continue
-            with contextlib.suppress(admin.AdminParseError):
-                reply = admin.parse_listing(command, [row])
-                if isinstance(reply, admin.StatusReply | admin.PriorityStatusReply):
-                    out[reply.rows[0].function] = reply.rows[0]
-        return out
-
-    def _registrations(self, fn: bytes) -> Range:
-        holders = [w.functions[fn] for w in self.workers if fn in w.functions]
-        return Range(len(holders), sum(holders) + self.ghosts.get(fn, 0))
-
-    def _check_status(self, rows: list[bytes]) -> None:
-        table = self._parsed(admin.Status, rows)
-        for fn in self.functions:
-            counts = self.model.counts(fn)
-            workers = self._registrations(fn)
-            row = table.get(fn)
-            if row is None:
-                if counts["total"].low or workers.low:
-                    raise Violation(
-                        FindingClass.STATUS_MISMATCH,
-                        "status-missing-row",
-                        f"status has no row for {fn!r}, which has {counts['total']} job(s)"
-                        f" and {workers} worker(s)",
-                    )
-                continue
-            for name, value, expected in (
-                ("total", row.total, counts["total"]),
-                ("running", row.running, counts["running"]),
-                ("workers", row.workers, workers),
-            ):
-                if value not in expected:
-                    raise Violation(
-                        FindingClass.STATUS_MISMATCH,
-                        f"status-{name}",
-                        f"status shows {name}={value} for {fn!r}; the model allows {expected}",
-                        {"row": repr(row), "jobs": self._job_table(fn)},
-                    )
-
-    def _check_priority(self, rows: list[bytes]) -> None:
-        table = self._parsed(admin.PriorityStatus, rows)
-        for fn in self.functions:
-            row = table.get(fn)
-            if row is None:
-                continue
-            ranges = self.model.queued_by_priority(fn)
-            for name, value, expected in zip(
-                ("high", "normal", "low"), (row.high, row.normal, row.low), ranges, strict=True
-            ):
-                if value not in expected:
-                    raise Violation(
-                        FindingClass.STATUS_MISMATCH,
-                        f"prioritystatus-{name}",
-                        f"prioritystatus shows {name}={value} queued for {fn!r};"
-                        f" the model allows {expected}",
-                        {"row": repr(row), "jobs": self._job_table(fn)},
-                    )
-
-    def _check_workers(self, rows: list[bytes]) -> None:
-        by_id: dict[bytes, admin.WorkerRow] = {}
-        for row in rows:
-            with contextlib.suppress(admin.AdminParseError):
-                reply = admin.parse_listing(admin.Workers, [row])
-                if isinstance(reply, admin.WorkersReply):
-                    by_id[reply.rows[0].client_id] = reply.rows[0]
-        for worker in self.workers:
-            if any(c in worker.client_id for c in WEIRD):
-                continue
-            listed = by_id.get(worker.client_id)
-            if listed is None:
-                raise Violation(
-                    FindingClass.STATUS_MISMATCH,
-                    "workers-missing-row",
-                    f"workers does not list worker {worker.wid} ({worker.client_id!r})",
-                )
-            registered = {f for f in worker.functions if not any(c in f for c in WEIRD)}
-            shown = set(listed.functions)
-            if not registered <= shown:
-                raise Violation(
-                    FindingClass.STATUS_MISMATCH,
-                    "workers-functions",
-                    f"workers lists {sorted(shown)!r} for worker {worker.wid}, which"
-                    f" registered {sorted(registered)!r}",
-                )
-
-    def _job_table(self, fn: bytes) -> list[tuple[int, str, bool, bool]]:
-        return [
-            (j.seq, j.state.value, j.in_doubt, j.requeue_pending)
-            for j in self.model.jobs
-            if j.function == fn
-        ]
-
-    def _do_cancel(self, action: dict[str, Any]) -> None:
-        job = self._job(action["job"])
-        if job is None or "cancel" in self.unsupported:
-            return
-        kind, rows = self._admin_cmd(admin.CancelJob(job.handle))
-        line = rows[0] if rows else b""
-        if kind == "ok":
-            if job.state is JobState.QUEUED:
-                job.state = JobState.CANCELLED
-            job.cancelled = True
-            return
-        if b"UNKNOWN_JOB" in line:
-            if job.certain and not job.requeue_pending:
-                raise Violation(
-                    FindingClass.STATUS_MISMATCH,
-                    "cancel-unknown",
-                    f"cancel job says UNKNOWN_JOB for job {job.seq}, which is {job.state.value}",
-                )
-            return
-        self.unsupported.add("cancel")
-
-    def _do_drop_function(self, action: dict[str, Any]) -> None:
-        fn = self.functions[action["fn"] % 3]
-        kind, _rows = self._admin_cmd(admin.DropFunction(fn))
-        if kind != "ok":
-            return
-        for job in self.model.jobs:
-            if job.function == fn and job.state is JobState.QUEUED:
-                job.dropped = True
-
-    def _do_maxqueue(self, action: dict[str, Any]) -> None:
-        fn = self.functions[action["fn"] % 3]
-        size = action["size"]
-        kind, _rows = self._admin_cmd(admin.MaxQueue(fn, (size,)))
-        if kind == "ok":
-            self.maxqueue[fn] = size
-
     # ------------------------------------------------------------------- teardown
 
     def finish(self) -> None:
@@ -1027,7 +762,7 @@ class Driver:
                 self._guard("reading a client", client.peer.poll, 0.02)
                 self._client_events(client)
 
-    def _missing_results(self) -> list[tuple[_Client, Job, str]]:
+    def _missing_results(self) -> list[tuple[ClientPeer, Job, str]]:
         out = []
         for client in self.clients:
             for job in self.model.jobs:
@@ -1043,7 +778,7 @@ class Driver:
         """A fresh worker takes every job it can and completes it."""
         drained: list[Job] = []
         self._ids += 1
-        worker = _Worker(self._ids, self._peer("drain worker"), self.prefix + b"drain")
+        worker = WorkerPeer(self._ids, self._peer("drain worker"), self.prefix + b"drain")
         self.workers.append(worker)
         self.ids.add(worker.client_id)
         self._guard("SET_CLIENT_ID", worker.peer.send, events.SetClientId(worker.client_id))
@@ -1066,7 +801,7 @@ class Driver:
             self._finish_job(worker, job, events.WorkComplete(job.handle, data), ("complete", data))
         return drained
 
-    def _grab_for_drain(self, worker: _Worker) -> Job | None:
+    def _grab_for_drain(self, worker: WorkerPeer) -> Job | None:
         what = "GRAB_JOB_ALL (drain)"
         reply = self._request(worker.peer, events.GrabJobAll(), (*_ASSIGN, events.NoJob), what)
         if isinstance(reply, events.NoJob | events.Error):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from gearproto import PacketType, admin, events
 
@@ -84,6 +85,7 @@ class ReplyMatcher:
         self._admin: deque[Request] = deque(r for r in requests if r.kind in text)
         self._listing: list[bytes] | None = None
         self._listing_for: Request | None = None
+        self._last_listing: type[Any] | None = None
         self._fg: dict[bytes, int] = {}
         self._order = {id(r): i for i, r in enumerate(requests)}
         self.result = MatchResult()
@@ -230,6 +232,8 @@ class ReplyMatcher:
             else:
                 self._listing.append(line)
             return
+        if self._continues_listing(line):
+            return
         if not self._admin:
             self.result.violations.append(
                 f"admin line {line[:40]!r} received, but no admin command is owed a reply"
@@ -254,11 +258,34 @@ class ReplyMatcher:
         except admin.AdminParseError as exc:
             self.result.violations.append(f"malformed reply to {request.label}: {exc}")
 
+    def _continues_listing(self, line: bytes) -> bool:
+        """A row after a listing ended: a name with ``\n.\n`` in it ended it early.
+
+        That is a forged-rows problem of whoever registered the name (often another
+        case on the same server); the stray rows must not be read as replies.
+        """
+        command = self._last_listing
+        if command is None:
+            return False
+        head = self._admin[0] if self._admin else None
+        if head is not None and head.kind == "listing":
+            return False
+        if head is not None and line.startswith((b"OK", b"ERR ")):
+            return False
+        if line == b".":
+            return True
+        try:
+            admin.parse_listing(command, [line])
+        except admin.AdminParseError:
+            return False
+        return True
+
     def _finish_listing(self) -> None:
         rows, request = self._listing or [], self._listing_for
         self._listing = self._listing_for = None
         if request is None:
             return
+        self._last_listing = type(request.event)
         self.answered.append((request, Reply("line", line=b".")))
         command = type(request.event)
         if command not in admin.LISTING_COMMANDS:

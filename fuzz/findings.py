@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,62 +210,85 @@ def report_markdown(finding: Finding) -> str:
     return "\n".join(parts)
 
 
+_SCRIPT_HEAD = """\
+#!/usr/bin/env python3
+# {title}
+# Usage: reproduce.py HOST PORT -- sends the case, then prints what each connection got.
+import socket
+import struct
+import sys
+import time
+
+host, port = sys.argv[1], int(sys.argv[2])
+conns = {{}}
+
+
+def connect(number):
+    try:
+        conns[number] = socket.create_connection((host, port), timeout=2)
+    except OSError as exc:
+        print(f"connection {{number}}: connect failed: {{exc}}")
+
+
+def send(number, data):
+    if number in conns:
+        try:
+            conns[number].sendall(data)
+        except OSError as exc:
+            print(f"connection {{number}}: send failed: {{exc}}")
+
+
+def close(number, how):
+    sock = conns.get(number)
+    if sock is None:
+        return
+    if how == "half":
+        sock.shutdown(socket.SHUT_WR)
+        return
+    if how == "rst":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    del conns[number]
+
+
+"""
+
+_SCRIPT_TAIL = """
+
+time.sleep(0.5)
+for number, sock in conns.items():
+    sock.settimeout(0.5)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+        state = "closed by the server"
+    except OSError:
+        state = "still open"
+    print(f"connection {number}: {state}; received {data[:2000]!r}")
+try:
+    socket.create_connection((host, port), timeout=2).close()
+    print("the server still accepts connections")
+except OSError as exc:
+    print(f"the server does not accept connections: {exc}")
+"""
+
+
 def standalone_script(finding: Finding) -> str:
     """A dependency-free script that sends the case's bytes and prints the replies."""
     assert finding.case is not None
     body = []
     for step in finding.case.steps:
         if isinstance(step, Connect):
-            body.append(f"conns[{step.conn}] = socket.create_connection((host, port), timeout=2)")
+            body.append(f"connect({step.conn})")
         elif isinstance(step, Send):
             fill = f" + bytes([{step.fill_byte}]) * {step.fill_count}" if step.fill_count else ""
-            body.append(f"conns[{step.conn}].sendall({step.data!r}{fill})")
+            body.append(f"send({step.conn}, {step.data!r}{fill})")
         elif isinstance(step, Pause):
             body.append(f"time.sleep({step.ms / 1000!r})")
         elif isinstance(step, Close):
-            if step.how == "half":
-                body.append(f"conns[{step.conn}].shutdown(socket.SHUT_WR)")
-            else:
-                if step.how == "rst":
-                    body.append(
-                        f"conns[{step.conn}].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,"
-                        " struct.pack('ii', 1, 0))"
-                    )
-                body.append(f"conns.pop({step.conn}).close()")
-    return (
-        textwrap.dedent(
-            f'''\
-        #!/usr/bin/env python3
-        """Finding {finding.number} ({finding.cls.value}): {finding.verdict.summary[:120]!s}
-
-        Usage: reproduce.py HOST PORT   -- sends the case, then prints what each connection got.
-        """
-        import socket, struct, sys, time
-
-        host, port = sys.argv[1], int(sys.argv[2])
-        conns = {{}}
-        '''
-        )
-        + "\n".join(body)
-        + textwrap.dedent(
-            """
-
-        time.sleep(0.5)
-        for number, sock in conns.items():
-            sock.settimeout(0.5)
-            data = b""
-            try:
-                while chunk := sock.recv(65536):
-                    data += chunk
-                state = "closed by server"
-            except OSError:
-                state = "still open"
-            print(f"connection {number}: {state}; received {data[:2000]!r}")
-        try:
-            socket.create_connection((host, port), timeout=2).close()
-            print("server still accepts connections")
-        except OSError as exc:
-            print(f"server does not accept connections: {exc}")
-        """
-        )
-    )
+            body.append(f"close({step.conn}, {step.how!r})")
+    # The summary quotes peer bytes: keep it on one comment line, printable only.
+    summary = "".join(c if c.isprintable() else "?" for c in finding.verdict.summary[:120])
+    title = f"Finding {finding.number} ({finding.cls.value}): {summary}"
+    return _SCRIPT_HEAD.format(title=title) + "\n".join(body) + _SCRIPT_TAIL

@@ -74,6 +74,10 @@ class Peer:
                 self.closed = True
                 raise PeerClosed(f"{self.name}: write failed ({exc})") from None
 
+    def wait_readable(self, timeout: float) -> bool:
+        """Wait until bytes (or EOF) can be read, at most ``timeout`` seconds."""
+        return bool(self._sel.select(timeout))
+
     def poll(self, timeout: float = 0.0) -> None:
         """Read what has arrived (waiting up to ``timeout`` for the first bytes)."""
         if self.closed:

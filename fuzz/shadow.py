@@ -160,20 +160,26 @@ def _oversize(event: Any) -> int:
     return longest
 
 
-def _line_lengths(data: bytes) -> list[int]:
-    """Lengths of the admin lines in ``data``, in order (framing as the core does)."""
-    out: list[int] = []
+def _frame_sizes(data: bytes) -> list[tuple[bool, int]]:
+    """``(is_text, length)`` of every whole packet and line in ``data``, in order.
+
+    Framed the way the core frames them, so entry *i* belongs to the *i*-th event or
+    rejection the core reports.
+    """
+    out: list[tuple[bool, int]] = []
     pos, n = 0, len(data)
     while pos < n:
         if data[pos] == 0:
             if n - pos < 12:
                 break
-            pos += 12 + int.from_bytes(data[pos + 8 : pos + 12], "big")
+            size = int.from_bytes(data[pos + 8 : pos + 12], "big")
+            out.append((False, size))
+            pos += 12 + size
         else:
             newline = data.find(b"\n", pos)
             if newline < 0:
                 break
-            out.append(newline + 1 - pos)
+            out.append((True, newline + 1 - pos))
             pos = newline + 1
     return out
 
@@ -245,7 +251,7 @@ def shadow_parse(data: bytes) -> ShadowConn:
     """Read ``data`` (everything one connection sends) as a correct server would."""
     conn = Connection(Side.SERVER, limits=WIDE_LIMITS)
     out = ShadowConn()
-    lines = iter(_line_lengths(data))
+    frames = iter(_frame_sizes(data))
     if data:
         conn.receive_data(data)
     while True:
@@ -258,11 +264,17 @@ def shadow_parse(data: bytes) -> ShadowConn:
                 out.requests.append(Request("fatal-frame", "silent", codes=ANY_CODE))
                 return out
             code = exc.code or b""
+            # Rejected packets carry no event; their size still tells whether they
+            # overflow a typical receive buffer.
+            _text, size = next(frames, (False, 0))
+            big = size if size > REFERENCE_LIMITS.max_line else 0
             if code == ErrorCode.JOB_NOT_FOUND:
                 # The shadow cannot know which jobs the real server assigned to this
                 # connection: a WORK_* it rejects may be legitimate there.
                 out.requests.append(
-                    Request(_label_of(exc), "silent", codes=WORK_ERRORS, detail=str(exc))
+                    Request(
+                        _label_of(exc), "silent", codes=WORK_ERRORS, oversize=big, detail=str(exc)
+                    )
                 )
             else:
                 out.requests.append(
@@ -270,6 +282,7 @@ def shadow_parse(data: bytes) -> ShadowConn:
                         _label_of(exc),
                         "error",
                         codes=frozenset({code}) if code else frozenset(),
+                        oversize=big,
                         detail=str(exc),
                     )
                 )
@@ -288,10 +301,10 @@ def shadow_parse(data: bytes) -> ShadowConn:
             return out
         if isinstance(event, events.ConnectionClosed):
             return out
-        line_length = 0
+        is_text, length = next(frames, (False, 0))
+        line_length = length if is_text else 0
         if type(event) in _ADMIN_TYPES or isinstance(event, admin.AdminBadCommand):
             out.admin = True
-            line_length = next(lines, 0)
         out.names.update(_names_of(event))
         out.requests.append(_request_for(event, line_length))
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FindingClass", "Verdict", "normalise"]
+__all__ = ["FindingClass", "Verdict", "Violation", "normalise"]
 
 
 class FindingClass(enum.Enum):
@@ -110,3 +110,20 @@ def normalise(text: str, limit: int = 80) -> str:
     text = _HEX.sub("N", text)
     text = _NUM.sub("N", text)
     return text[:limit]
+
+
+class Violation(Exception):
+    """A job invariant or protocol rule the target broke (raised by the stateful engine)."""
+
+    def __init__(
+        self, cls: FindingClass, key: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{cls.value}: {message}")
+        self.cls = cls
+        self.key = key
+        self.message = message
+        self.details = details or {}
+
+    @property
+    def signature(self) -> str:
+        return f"{self.cls.value}:{self.key}"

@@ -383,3 +383,15 @@ def test_shadow_marks_oversize_and_long_admin_lines() -> None:
     fatal = shadow_parse(b"\0REQ" + (0x80000000).to_bytes(4, "big") + b"\0\0\0\0")
     assert fatal.fatal is not None
     assert re.search("type", fatal.fatal)
+
+
+def test_standalone_reproducer_script_is_valid_python() -> None:
+    from gearproto.fuzz.findings import Finding, standalone_script
+    from gearproto.fuzz.verdict import FindingClass, Verdict
+
+    verdict = Verdict(FindingClass.CRASH, "k", 'bytes b"""\n{not a format}" in a summary')
+    case = Case((Connect(0), Send(0, b"\0REQ\x00"), Pause(5), Close(0, "half")), "test")
+    source = standalone_script(Finding(1, verdict, "target", case=case))
+    compile(source, "reproduce.py", "exec")
+    assert "send(0, b'\\x00REQ\\x00')" in source
+    assert "close(0, 'half')" in source

@@ -307,7 +307,7 @@ def judge(
     return verdicts
 
 
-_FRAME = re.compile(r"\((\+0x[0-9a-f]+)\)")
+_FRAME = re.compile(r"in (\S+)\((\+0x[0-9a-f]+)\)")
 _PY_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -315,12 +315,17 @@ def crash_signature(log: str, exit_detail: str) -> str:
     """Tell crashes apart by where they happened, when the server's log says so.
 
     gearmand prints a backtrace of ``binary(+offset)`` frames on a fatal signal; the
-    first two frames are its own signal handler.  A Python server prints a
-    traceback.  Without either, the exit status is all there is.
+    first two frames are its own signal handler, and frames in libc (the signal
+    trampoline, ``abort``, ``__snprintf_chk``) say little, so the key is the next
+    three frames in the server's own binary.  A Python server prints a traceback.
+    Without either, the exit status is all there is.
     """
     frames = _FRAME.findall(log)
     if len(frames) >= 4:
-        return "bt:" + ",".join(frames[2:5])
+        binary = frames[0][0]
+        own = [offset for path, offset in frames[2:] if path == binary]
+        chosen = own[:3] if own else [offset for _, offset in frames[2:5]]
+        return "bt:" + ",".join(chosen)
     py = _PY_FRAME.findall(log)
     if py:
         path, line = py[-1]

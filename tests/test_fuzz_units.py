@@ -395,3 +395,27 @@ def test_standalone_reproducer_script_is_valid_python() -> None:
     compile(source, "reproduce.py", "exec")
     assert "send(0, b'\\x00REQ\\x00')" in source
     assert "close(0, 'half')" in source
+
+
+GEARMAND_BACKTRACE = """
+Begin stack trace, frames found: 12
+?0  0x5593054c7176 in /usr/sbin/gearmand(+0x1e176) [0x5593054c7176]
+?1  0x5593054b7ae7 in /usr/sbin/gearmand(+0xeae7) [0x5593054b7ae7]
+?2  0x7f2dfe85a050 in /lib/x86_64-linux-gnu/libc.so.6(+0x3c050) [0x7f2dfe85a050]
+?3  0x7f2dfe974219 in /lib/x86_64-linux-gnu/libc.so.6(+0x156219) [0x7f2dfe974219]
+#6  0x7f2dfe934930 in __snprintf_chk at /lib/x86_64-linux-gnu/libc.so.6
+?7  0x5593054cf63f in /usr/sbin/gearmand(+0x2663f) [0x5593054cf63f]
+?8  0x5593054d2002 in /usr/sbin/gearmand(+0x29002) [0x5593054d2002]
+?9  0x5593054cb150 in /usr/sbin/gearmand(+0x22150) [0x5593054cb150]
+"""
+
+
+def test_crashes_are_told_apart_by_the_servers_own_frames() -> None:
+    from gearproto.fuzz.oracles import crash_signature
+
+    assert crash_signature(GEARMAND_BACKTRACE, "exit status 1") == "bt:+0x2663f,+0x29002,+0x22150"
+    python = (
+        'Traceback (most recent call last):\n  File "/srv/app.py", line 12, in f\nKeyError: 1\n'
+    )
+    assert crash_signature(python, "exit status 1") == "py:app.py:12:KeyError"
+    assert crash_signature("", "killed by SIGSEGV") == "killed by SIGSEGV"

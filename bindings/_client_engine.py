@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gearproto import Limits, LocalProtocolError, Priority, RemoteProtocolError
+from gearproto import NEED_DATA, Limits, LocalProtocolError, Priority, RemoteProtocolError
 from gearproto.admin import AdminError
 from gearproto.events import (
+    ConnectionClosed,
     Error,
     JobCreated,
     OptionReq,
@@ -130,6 +132,8 @@ class Job:
     """
 
     __slots__ = (
+        "_armed",
+        "_background",
         "_chunks",
         "_created_deadline",
         "_created_timeout",
@@ -140,6 +144,7 @@ class Job:
         "_sent_on",
         "_timeout",
         "_updates",
+        "_watched",
         "attempts",
         "handle",
         "outcome",
@@ -151,14 +156,22 @@ class Job:
     def __init__(self, engine: ClientEngine, request: SubmitJob | SubmitJobEpoch | SubmitReduceJob):
         self._engine = engine
         self._request = request
-        self._chunks: list[bytes] = []
-        self._updates: deque[Update] = deque()
+        self._background = (
+            True if isinstance(request, SubmitJobEpoch) else request.background is True
+        )
+        # Most jobs stream nothing: the containers are made by the first update.
+        self._chunks: list[bytes] | None = None
+        self._updates: deque[Update] | None = None
         self._sent_on: Session | None = None
         self._queued: Slot | None = None
         self._deadline: float | None = None
         self._created_deadline: float | None = None
         self._timeout: float | None = None
         self._created_timeout: float | None = None
+        #: The deadline of this job's entry in the timer heap (None: it has none).
+        self._armed: float | None = None
+        #: Its JOB_CREATED deadline is kept by its session's ``unacked`` queue.
+        self._watched = False
         #: The job handle, once JOB_CREATED arrived.
         self.handle: bytes | None = None
         #: The server that acknowledged the job.
@@ -190,7 +203,7 @@ class Job:
 
     @property
     def background(self) -> bool:
-        return isinstance(self._request, SubmitJobEpoch) or bool(self._request.background)
+        return self._background
 
     @property
     def done(self) -> bool:
@@ -249,19 +262,27 @@ class _Shared:
 
 
 class _ClientSession(Session):
-    __slots__ = ("exceptions", "jobs")
+    __slots__ = ("created_armed", "created_last", "exceptions", "jobs", "unacked")
 
     def __init__(self, slot: Slot, driver: Driver, limits: Limits | None) -> None:
         super().__init__(slot, driver, limits)
         #: Acknowledged foreground jobs by handle.
         self.jobs: dict[bytes, Job | _Shared] = {}
         self.exceptions = False
+        #: Jobs written here and waiting for JOB_CREATED whose created deadlines come in
+        #: the order they were written (the usual case: one created_timeout for all).
+        #: The server acknowledges in that order too, so one timer entry for the
+        #: oldest covers them all, instead of one per job (see ClientEngine._watch).
+        self.unacked: deque[Job] = deque()
+        self.created_last = -math.inf
+        self.created_armed = False
 
 
 # Timer entries.
 _T_JOB = 0
 _T_REQUEST = 1
 _T_RETRY = 2
+_T_CREATED = 3
 
 
 class ClientEngine:
@@ -283,6 +304,11 @@ class ClientEngine:
         self.closed = False
         self._rr = itertools.count()
         self._live_jobs = 0
+        #: The slot, when there is only one server (the fast path of submit()).
+        self._only = self.slots[0] if len(self.slots) == 1 else None
+        self._limits = options.limits or _DEFAULT_LIMITS
+        self._max_data = self._limits.max_packet_size - 200
+        self._names: dict[bytes | str, bytes] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -354,23 +380,59 @@ class ClientEngine:
         if not session.alive:
             return
         assert isinstance(session, _ClientSession)
-        try:
-            events = session.events(data)
-        except RemoteProtocolError as exc:
-            # Events parsed before the error were lost with it; the connection is done.
-            self.connection_lost(session, exc, now, close=True)
-            return
-        for event, owner in events:
-            if owner is None:
-                self._unsolicited(session, event, now)
-            elif isinstance(owner, Job):
-                self._job_reply(session, owner, event, now)
-            elif owner is _OPTION:
-                session.exceptions = type(event) is OptionRes
-            else:
-                self._request_reply(owner, event)
-            if not session.alive:
+        conn = session.conn
+        if data is None:
+            conn.receive_eof()
+        else:
+            conn.receive_data(data)
+        # The hot loop of the client: one iteration per reply, no allocation of its own.
+        # A reply is matched to its request by identity with the core's ``answered``
+        # (see _session.Session.events, which the worker uses).
+        fifo = session.fifo
+        jobs = session.jobs
+        slot = session.slot
+        next_event = conn.next_event
+        event: Any
+        while True:
+            try:
+                event = next_event()
+            except RemoteProtocolError as exc:
+                if not exc.fatal:
+                    continue  # one refused packet; the connection goes on
+                # Events parsed before the error were lost with it; the connection is done.
+                self.connection_lost(session, exc, now, close=True)
                 return
+            if event is NEED_DATA:
+                break
+            cls = type(event)
+            if cls is WorkComplete:
+                # The most frequent event, handled inline when it ends a job of its own.
+                job = jobs.get(event.handle)
+                if job is not None and not isinstance(job, _Shared):
+                    del jobs[event.handle]
+                    if job.outcome is None:
+                        chunks = job._chunks
+                        job._sent_on = None  # already removed from the handle map
+                        self._finish(job, Completed(event.data, tuple(chunks) if chunks else ()))
+                        if slot.session is not session:
+                            return
+                    continue
+            answered = conn.answered
+            if answered is not None and fifo and fifo[0][0] is answered:
+                owner = fifo.popleft()[1]
+                session.replied = True
+                if owner is _OPTION:
+                    session.exceptions = cls is OptionRes
+                elif isinstance(owner, Job):
+                    self._job_reply(session, owner, event, now)
+                else:
+                    self._request_reply(owner, event)
+            elif cls is ConnectionClosed:
+                break
+            else:
+                self._unsolicited(session, event, now)
+            if slot.session is not session:
+                return  # the connection was closed meanwhile
         if data is None:
             self.connection_lost(session, ConnectionResetError("server closed the connection"), now)
 
@@ -435,6 +497,8 @@ class ClientEngine:
         for kind, item in self.timers.pop_due(now):
             if kind == _T_JOB:
                 self._job_timer(item, now)
+            elif kind == _T_CREATED:
+                self._created_timer(item, now)
             elif kind == _T_REQUEST:
                 if not item.done and item._deadline is not None and item._deadline <= now:
                     self._fail_request(
@@ -448,33 +512,103 @@ class ClientEngine:
         if deadline is not None and self.timers.push(deadline, entry):
             self.driver.timer_changed()
 
+    # Deadlines of jobs.  Timer entries are never removed: an entry that comes due
+    # checks what is still true of its job (ended, acknowledged, deadline moved) and
+    # does nothing, or re-arms, if its reason is gone.  Two ways to be watched:
+    #
+    # * the common case -- written to a server, only the JOB_CREATED deadline to keep,
+    #   deadlines in writing order -- is the session's ``unacked`` queue with one timer
+    #   entry for its oldest job (``_created_timer``): no timer work per job;
+    # * everything else (a completion ``timeout``, a job queued while a server
+    #   connects, a created deadline earlier than one written before it) has its own
+    #   heap entry (``_arm_job``, ``_job_timer``).
+
+    def _watch(self, session: _ClientSession, job: Job) -> None:
+        """Keep the deadlines of ``job``, just written on ``session``."""
+        deadline = job._created_deadline
+        if job._deadline is None and deadline is not None and deadline >= session.created_last:
+            session.created_last = deadline
+            session.unacked.append(job)
+            job._watched = True
+            if not session.created_armed:
+                session.created_armed = True
+                self._arm(deadline, (_T_CREATED, session))
+            return
+        job._watched = False
+        self._arm_job(job)
+
+    def _arm_job(self, job: Job) -> None:
+        """Give ``job`` a heap entry for its earliest deadline, unless one comes sooner."""
+        when = job._deadline
+        created = job._created_deadline
+        if job.handle is None and created is not None and (when is None or created < when):
+            when = created
+        if when is None:
+            return
+        armed = job._armed
+        if armed is not None and armed <= when:
+            return
+        job._armed = when
+        self._arm(when, (_T_JOB, job))
+
+    def _created_timer(self, session: _ClientSession, now: float) -> None:
+        """The oldest job of ``session.unacked`` may have waited too long for JOB_CREATED."""
+        session.created_armed = False
+        if not session.alive:
+            return
+        unacked = session.unacked
+        while unacked:
+            job = unacked[0]
+            if job.handle is not None or job.outcome is not None or job._sent_on is not session:
+                unacked.popleft()  # acknowledged, ended or resubmitted elsewhere
+                continue
+            deadline = job._created_deadline
+            assert deadline is not None
+            if deadline > now:
+                session.created_armed = True
+                self._arm(deadline, (_T_CREATED, session))
+                return
+            unacked.popleft()
+            self._created_expired(session, job, now)
+            return
+
+    def _created_expired(self, session: Session, job: Job, now: float) -> None:
+        # The server did not acknowledge in time: consider the connection dead.
+        self._finish(job, TimedOut("created", job._created_timeout or 0.0))
+        if session.alive:
+            self.connection_lost(
+                session,
+                TimeoutError(f"no JOB_CREATED within {job._created_timeout:g} s"),
+                now,
+                close=True,
+            )
+
     def _job_timer(self, job: Job, now: float) -> None:
+        if job._armed is not None and job._armed <= now:
+            job._armed = None
         if job.outcome is not None:
             return
         created = job._created_deadline
+        session = job._sent_on
         if job.handle is None and created is not None and created <= now:
-            if job._sent_on is None:
+            if session is None:
                 self._finish(job, TimedOut("connect", job._created_timeout or 0.0))
-                return
-            # The server did not acknowledge in time: consider the connection dead.
-            session = job._sent_on
-            self._finish(job, TimedOut("created", job._created_timeout or 0.0))
-            if session.alive:
-                self.connection_lost(
-                    session,
-                    TimeoutError(f"no JOB_CREATED within {job._created_timeout:g} s"),
-                    now,
-                    close=True,
-                )
+            else:
+                self._created_expired(session, job, now)
             return
         if job._deadline is not None and job._deadline <= now:
             if job.handle is not None:
                 phase = "complete"
-            elif job._sent_on is not None:
+            elif session is not None:
                 phase = "created"
             else:
                 phase = "connect"
             self._finish(job, TimedOut(phase, job._timeout or 0.0))  # type: ignore[arg-type]
+            return
+        # A deadline moved (the job was written, or written again, since this entry
+        # was made): wait for it, unless the session's queue already does.
+        if job._deadline is not None or session is None or not job._watched:
+            self._arm_job(job)
 
     # ------------------------------------------------------------------- submit
 
@@ -495,10 +629,10 @@ class ClientEngine:
             ValueError, TypeError: invalid arguments.
             LocalProtocolError: a field breaks the protocol's limits.
         """
-        fn = _as_bytes(function, "function")
-        payload = _as_bytes(data, "data")
+        fn = function if type(function) is bytes else self._function_name(function)
+        payload = data if type(data) is bytes else _as_bytes(data, "data")
         uniq = b"" if unique is None else _as_bytes(unique, "unique")
-        prio = coerce_priority(priority)
+        prio = priority if priority is Priority.NORMAL else coerce_priority(priority)
         if epoch is not None:
             if reducer is not None:
                 raise ValueError("a reduce job cannot have an epoch")
@@ -513,12 +647,34 @@ class ClientEngine:
             if prio is not Priority.NORMAL:
                 raise ValueError("reduce jobs always run at normal priority")
             request = SubmitReduceJob(
-                fn, uniq, _as_bytes(reducer, "reducer"), b"", payload, background
+                fn, uniq, _as_bytes(reducer, "reducer"), b"", payload, bool(background)
             )
+            _check_fields(request, self._limits)
+            return request
         else:
             request = SubmitJob(fn, uniq, payload, prio, bool(background))
-        _check_fields(request, self.options.limits)
+        # The common case in a few comparisons; _check_fields explains what is wrong.
+        limits = self._limits
+        if (
+            not fn
+            or len(fn) > limits.max_function
+            or b"\0" in fn
+            or len(uniq) > limits.max_unique
+            or (uniq and b"\0" in uniq)
+            or len(payload) > self._max_data
+        ):
+            _check_fields(request, limits)
         return request
+
+    def _function_name(self, function: bytes | str) -> bytes:
+        """``function`` as bytes; the text names a program uses are encoded once."""
+        names = self._names
+        name = names.get(function)
+        if name is None:
+            name = _as_bytes(function, "function")
+            if len(names) < 1024 and type(function) is str:
+                names[function] = name
+        return name
 
     def submit(
         self,
@@ -529,22 +685,28 @@ class ClientEngine:
         created_timeout: float | None = None,
     ) -> None:
         """Send ``job`` (made with :meth:`make_request`) to its server, or queue it."""
+        self._live_jobs += 1
         if self.closed:
             self._finish(job, Disconnected("the client is closed", False))
             return
+        options = self.options
+        if timeout is None:
+            timeout = options.timeout
+        if created_timeout is None:
+            created_timeout = options.created_timeout
         job.submitted_at = now
-        job._timeout = timeout if timeout is not None else self.options.timeout
-        job._created_timeout = (
-            created_timeout if created_timeout is not None else self.options.created_timeout
-        )
-        if job._timeout is not None:
-            job._deadline = now + job._timeout
-        if job._created_timeout is not None:
-            job._created_deadline = now + job._created_timeout
-        self._live_jobs += 1
-        self._route(job, now)
-        if job.outcome is None:
-            self._arm(_earliest(job._deadline, job._created_deadline), (_T_JOB, job))
+        job._timeout = timeout
+        job._created_timeout = created_timeout
+        if timeout is not None:
+            job._deadline = now + timeout
+        slot = self._only
+        if slot is not None and slot.state is SlotState.UP and not job._request.unique:
+            # One server, connected: nothing to choose.
+            session = slot.session
+            assert isinstance(session, _ClientSession)
+            self._send_job(session, job, now)
+        else:
+            self._route(job, now)
 
     def _candidates(self, key: bytes | None) -> list[Slot]:
         slots = self.slots
@@ -563,16 +725,20 @@ class ClientEngine:
         candidates = self._candidates(key)
         if key is None:
             # No affinity: prefer a connected server.
-            candidates.sort(key=lambda s: s.state is not SlotState.UP)
+            candidates.sort(key=_not_up)
         for slot in candidates:
             state = slot.state
             if state is SlotState.UP:
-                assert slot.session is not None
-                self._send_job(slot.session, job, now)
+                session = slot.session
+                assert isinstance(session, _ClientSession)
+                self._send_job(session, job, now)
                 return
             if state is SlotState.CONNECTING or state is SlotState.IDLE:
                 job._queued = slot
                 slot.queue.append(job)
+                if job._created_timeout is not None:
+                    job._created_deadline = now + job._created_timeout
+                self._arm_job(job)
                 if state is SlotState.IDLE:
                     self._connect(slot)
                 return
@@ -585,10 +751,14 @@ class ClientEngine:
                 job, Disconnected(f"{reason}; no other server is reachable", acknowledged, cause)
             )
 
-    def _send_job(self, session: Session, job: Job, now: float) -> None:
+    def _send_job(self, session: _ClientSession, job: Job, now: float) -> None:
+        """Write ``job`` on ``session``; its JOB_CREATED deadline counts from now."""
         job._sent_on = session
         job.attempts += 1
         session.send(job._request, job)
+        if job._created_timeout is not None:
+            job._created_deadline = now + job._created_timeout
+        self._watch(session, job)
 
     def _resubmit(self, job: Job, now: float, reason: str, cause: BaseException) -> None:
         acknowledged = job.handle is not None
@@ -631,7 +801,7 @@ class ClientEngine:
         if entry is job:
             del session.jobs[handle]
             session.conn.forget_client_job(handle)
-        elif isinstance(entry, _Shared) and all(j.outcome is not None for j in entry.jobs):
+        elif type(entry) is _Shared and all(j.outcome is not None for j in entry.jobs):
             # Only placeholders are left: stop following the handle altogether.
             del session.jobs[handle]
             session.conn.forget_client_job(handle)
@@ -639,28 +809,32 @@ class ClientEngine:
     # ------------------------------------------------------------------- replies
 
     def _job_reply(self, session: _ClientSession, job: Job, event: Any, now: float) -> None:
+        unacked = session.unacked
+        if unacked and unacked[0] is job:
+            unacked.popleft()  # replies come in writing order: the oldest is answered
         cls = type(event)
         if cls is JobCreated:
             handle = event.handle
             if job.outcome is not None:
                 # Abandoned or timed out before the server answered.
-                if not job.background and handle not in session.jobs:
+                if not job._background and handle not in session.jobs:
                     session.conn.forget_client_job(handle)
                 return
             job.handle = handle
             job.server = session.slot.address
-            if job.background:
+            if job._background:
                 self._finish(job, Accepted(handle))
                 return
-            entry = session.jobs.get(handle)
+            jobs = session.jobs
+            entry = jobs.get(handle)
             if entry is None:
-                session.jobs[handle] = job
+                jobs[handle] = job
             elif isinstance(entry, _Shared):
                 entry.jobs.append(job)
             else:
-                session.jobs[handle] = _Shared([entry, job])
+                jobs[handle] = _Shared([entry, job])
             if job._deadline is not None:
-                self._arm(job._deadline, (_T_JOB, job))
+                self._arm_job(job)
             job._wake()
         elif cls is Error:
             if job.outcome is None:
@@ -675,9 +849,13 @@ class ClientEngine:
             if job is None or job.outcome is not None:
                 return
             if cls is WorkData:
+                if job._chunks is None:
+                    job._chunks = []
                 job._chunks.append(event.data)
             elif cls is WorkStatus:
                 job.status = (event.numerator, event.denominator)
+            if job._updates is None:
+                job._updates = deque()
             job._updates.append(event)
             job._wake()
         elif cls is WorkComplete or cls is WorkFail or cls is WorkException:
@@ -685,7 +863,8 @@ class ClientEngine:
             if job is None or job.outcome is not None:
                 return
             if cls is WorkComplete:
-                outcome: Outcome = Completed(event.data, tuple(job._chunks))
+                chunks = job._chunks
+                outcome: Outcome = Completed(event.data, tuple(chunks) if chunks else ())
             elif cls is WorkFail:
                 outcome = Failed()
             else:
@@ -696,7 +875,7 @@ class ClientEngine:
 
     def _job_for(self, session: _ClientSession, handle: bytes, *, terminal: bool) -> Job | None:
         entry = session.jobs.get(handle)
-        if entry is None or isinstance(entry, Job):
+        if entry is None or not isinstance(entry, _Shared):
             if terminal and entry is not None:
                 del session.jobs[handle]
             return entry
@@ -808,6 +987,9 @@ class ClientEngine:
             "handles_followed": followed,
             "core_handles": core_handles,
             "queued": sum(len(s.queue) for s in self.slots),
+            # Entries in the timer heap (lazily deleted): jobs with only the default
+            # JOB_CREATED deadline share one per connection.
+            "timers": len(self.timers),
             "servers": {str(s.address): s.state.value for s in self.slots},
         }
 
@@ -815,12 +997,8 @@ class ClientEngine:
 _OPTION = object()  # owner of the OPTION_REQ "exceptions" request
 
 
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
+def _not_up(slot: Slot) -> bool:
+    return slot.state is not SlotState.UP
 
 
 def _describe(error: BaseException) -> str:
@@ -835,13 +1013,13 @@ def _connect_error(slots: Sequence[Slot]) -> ConnectError:
     return ConnectError(f"no server reachable ({detail})", causes)
 
 
-def _check_fields(request: Any, limits: Limits | None) -> None:
+def _check_fields(request: Any, lim: Limits) -> None:
     """Validate a submission up front, so a bad one fails in submit(), not later.
 
     Raises:
         LocalProtocolError: a field is too long or holds a NUL byte.
+        ValueError: the function name is empty.
     """
-    lim = limits or _DEFAULT_LIMITS
     fields = [("function", request.function, lim.max_function)]
     fields.append(("unique", request.unique, lim.max_unique))
     if isinstance(request, SubmitReduceJob):

@@ -86,6 +86,9 @@ class Reactor:
         self._dirty.append(slot)
         self.wake()
 
+    def backlog(self, slot: Slot) -> None:
+        """The loop thread writes as soon as it gets the lock (flush() woke it)."""
+
     def timer_changed(self) -> None:
         self.wake()
 

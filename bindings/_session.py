@@ -25,7 +25,10 @@ from gearproto.events import ConnectionClosed
 
 from ._routing import ServerAddress
 
-__all__ = ["Driver", "Session", "Slot", "SlotState", "Timers"]
+__all__ = ["BACKLOG", "Driver", "Session", "Slot", "SlotState", "Timers"]
+
+#: Chunks in a slot's outbox that make the binding write before the loop comes round.
+BACKLOG = 256
 
 
 class SlotState(enum.Enum):
@@ -47,6 +50,13 @@ class Driver(Protocol):
 
     def flush(self, slot: Slot) -> None:
         """``slot.outbox`` has bytes to write (called when it stops being empty)."""
+
+    def backlog(self, slot: Slot) -> None:
+        """``slot.outbox`` grew long (many sends without a pause): write now if you can.
+
+        Lets the server start on a burst of submissions while the caller is still
+        making them; a binding that cannot write from here ignores it.
+        """
 
     def timer_changed(self) -> None:
         """The engine's next timer may now be earlier than before."""
@@ -126,8 +136,11 @@ class Session:
         outbox.append(data)
         if owner is not None:
             self.fifo.append((event, owner))
-        if len(outbox) == 1:
+        queued = len(outbox)
+        if queued == 1:
             self.driver.flush(self.slot)
+        elif queued >= BACKLOG:
+            self.driver.backlog(self.slot)
 
     def events(self, data: bytes | None) -> list[tuple[Any, Any]]:
         """Feed ``data`` (``None`` = EOF) and return ``(event, owner)`` pairs.

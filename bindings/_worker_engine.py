@@ -22,6 +22,7 @@ itself done; the binding then closes the connections.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import math
 import random
@@ -90,8 +91,9 @@ class FunctionSpec:
     #: Sent as CAN_DO_TIMEOUT: the server takes the job back after this long.
     server_timeout: float | None = None
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
+        """``func`` is a coroutine function (asked once: inspect is slow per job)."""
         return inspect.iscoroutinefunction(self.func)
 
     def registration(self) -> CanDo | CanDoTimeout:

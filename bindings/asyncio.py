@@ -15,7 +15,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from gearproto import Limits
 
@@ -96,8 +96,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = driver.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports do not derive from asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -155,6 +155,13 @@ class _Driver:
         if not self._dirty:
             self.loop.call_soon(self._flush)
         self._dirty.append(slot)
+
+    def backlog(self, slot: Slot) -> None:
+        # A burst of submissions: hand them to the transport now (it writes at once
+        # when its buffer is empty) so the server works while the caller submits.
+        proto = slot.io
+        if isinstance(proto, _Protocol) and proto.transport is not None:
+            proto.transport.write(slot.take_output())
 
     def timer_changed(self) -> None:
         when = self.engine.next_timer()
@@ -241,6 +248,10 @@ class _AsyncioMixin:
     _driver: Any
 
     def _now(self) -> float:
+        driver = self._driver
+        if driver is not None:
+            now: float = driver.loop.time()
+            return now
         return asyncio.get_running_loop().time()
 
     def _open_driver(self) -> _Driver:

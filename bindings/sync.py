@@ -498,6 +498,9 @@ class _WorkerDriver:
     def flush(self, slot: Slot) -> None:
         self.reactor.flush(slot)
 
+    def backlog(self, slot: Slot) -> None:
+        self.reactor.backlog(slot)
+
     def timer_changed(self) -> None:
         self.reactor.timer_changed()
 

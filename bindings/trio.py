@@ -124,6 +124,9 @@ class _Driver:
         if isinstance(conn, _Conn):
             conn.wake.set()
 
+    def backlog(self, slot: Slot) -> None:
+        """Writes wait for the writer task (trio cannot write from synchronous code)."""
+
     def timer_changed(self) -> None:
         self._timer_changed.set()
 

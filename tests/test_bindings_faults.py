@@ -93,6 +93,22 @@ def test_server_that_never_answers(harness: Harness) -> None:
             admin.version()
 
 
+def test_created_timeouts_out_of_order(harness: Harness) -> None:
+    # A job with a shorter created_timeout than the one written before it: its
+    # deadline comes first and must be kept all the same.
+    with fake_server("silent") as server:
+        client = harness.client(server.address, created_timeout=30, max_attempts=1)
+        started = time.monotonic()
+        patient = client.submit("fn", b"a")
+        hasty = client.submit("fn", b"b", created_timeout=0.3)
+        assert hasty.wait() == TimedOut("created", 0.3)
+        # The silent server is then treated as dead: the other job cannot stay on it.
+        outcome = patient.wait()
+        assert isinstance(outcome, Disconnected)
+        assert "no JOB_CREATED within 0.3 s" in outcome.reason
+        assert time.monotonic() - started < 10
+
+
 def test_dns_failure(harness: Harness) -> None:
     client = harness.client("no-such-host.invalid:4730")
     outcome = client.submit("fn", b"x").wait()

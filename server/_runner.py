@@ -63,10 +63,7 @@ class RunnerBase:
                 if len(chunks) == 1:
                     sink.write(chunks[0])
                 else:
-                    size = 0
-                    for chunk in chunks:
-                        size += len(chunk)
-                    if size <= _JOIN_LIMIT:
+                    if sum(map(len, chunks)) <= _JOIN_LIMIT:
                         sink.write(b"".join(chunks))
                     else:
                         sink.writelines(chunks)

@@ -507,7 +507,7 @@ class ServerCore:
                 peer.out = []
             close = peer.closing and not peer.held
             if chunks or close:
-                result.append(Transmit(peer.conn_id, chunks, close))
+                result.append(_tuple_new(Transmit, (peer.conn_id, chunks, close)))
             if close and self._peers.get(peer.conn_id) is peer:
                 self.disconnect(peer.conn_id, self._now)
         return result

@@ -81,10 +81,10 @@ class _ServerProtocol(asyncio.BufferedProtocol):
             core.receive_frame(self.conn_id, frame, time.time())
             del frame
         else:
-            core.receive(self.conn_id, bytes(runner.scratch[:nbytes]), time.time())
-            large = core.take_large_frame(self.conn_id)
-            if large is not None:
-                self._frame_view, self._filled = large
+            if core.receive(self.conn_id, bytes(runner.scratch[:nbytes]), time.time()):
+                large = core.take_large_frame(self.conn_id)
+                if large is not None:
+                    self._frame_view, self._filled = large
         if not runner.flush_scheduled:
             # Flush once per loop iteration: replies produced by every connection that
             # was readable in this iteration go out in one write per peer.
@@ -201,7 +201,9 @@ class AsyncioRunner(RunnerBase):
     def deferred_flush(self) -> None:
         self.flush_scheduled = False
         self.flush()
-        self.after_timers_changed()
+        core = self.core
+        if core._epochs or core._timeouts:
+            self.after_timers_changed()
 
     # --------------------------------------------------------------------- timers
 

@@ -231,27 +231,29 @@ class ServerCore:
                 self._abandon(job)
         peer.following.clear()
 
-    def receive(self, conn_id: Any, data: bytes, now: float) -> None:
+    def receive(self, conn_id: Any, data: bytes, now: float) -> bool:
         """Bytes arrived from connection ``conn_id``; an empty ``data`` means EOF.
 
-        At EOF the connection is closed once its pending replies are out.
+        At EOF the connection is closed once its pending replies are out.  Returns
+        True when the connection is in the middle of a big packet that
+        :meth:`take_large_frame` can hand over.
         """
         peer = self._peers.get(conn_id)
         if peer is None or peer.closing:
-            return
+            return False
         self._now = now
         if type(data) is not bytes:
             data = bytes(data)
         if not data:
             peer.buffered = []
             self._close(peer)
-            return
+            return False
         buffered = peer.buffered
         if buffered:
             buffered.append(data)
             peer.need -= len(data)
             if peer.need > 0:
-                return
+                return False
             buf = b"".join(buffered)
             peer.buffered = []
         else:
@@ -305,7 +307,7 @@ class ServerCore:
                     if size > self._max_packet or not 0 < ptype <= 42 or magic != b"\0RES":
                         # Unframeable: the oracle answers, then the connection closes.
                         self._judge(peer, buf[pos : pos + 12], now)
-                        return
+                        return False
                     decoder = None
                 else:
                     decoder = decoders[ptype]
@@ -322,13 +324,13 @@ class ServerCore:
                 if newline < 0:
                     if n - pos >= self._max_line:
                         self._judge(peer, buf[pos : pos + self._max_line], now)
-                        return
+                        return False
                     break
                 line_end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline
                 self._admin.run(peer, _admin.parse_command(buf[pos:line_end]), now)
                 pos = newline + 1
             if peer.closing:
-                return
+                return False
         if pos < n:
             tail = buf[pos:] if pos else buf
             peer.buffered = [tail]
@@ -336,6 +338,8 @@ class ServerCore:
             # A packet needs its header, then its body; a line needs one more byte.
             need = rest + 1 if tail[0] else (12 + unpack(tail, 0)[2] if rest >= 12 else 12)
             peer.need = need - rest
+            return need >= self.LARGE_FRAME and not tail[0]
+        return False
 
     # ------------------------------------------------------------- large frames
     #

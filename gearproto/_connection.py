@@ -983,85 +983,36 @@ class Connection:
                         emit(new(WorkFail, (handle,)))
                         pos = end
                         continue
-                elif branch:  # a reply: requests without reply before it succeeded
-                    while pending and type(pending[0]) is list:
-                        pending.popleft()
-                    if pending:
-                        request = pending[0]
-                        rclass = type(request)
-                        if branch == 1:  # JOB_CREATED
-                            if rclass in submit_classes and size <= max_handle:
-                                pending.popleft()
-                                handle = src[pos + 12 : end]
-                                # A foreground submission (inline _is_background).
-                                if (rclass is SubmitJob and not request[4]) or (
-                                    rclass is SubmitReduceJob and not request[5]
-                                ):
-                                    client_handles[handle] = client_handles.get(handle, 0) + 1
-                                    if finished:
-                                        finished.pop(handle, None)
-                                answers[len(ready)] = request
-                                emit(new(JobCreated, (handle,)))
-                                pos = end
-                                continue
-                        elif branch == 6:  # ECHO_RES
-                            if rclass is EchoReq:
-                                pending.popleft()
-                                answers[len(ready)] = request
-                                emit(new(EchoRes, (src[pos + 12 : end],)))
-                                pos = end
-                                continue
-                        elif branch == 9:  # STATUS_RES
-                            parts = src[pos + 12 : end].split(b"\0", 4)
-                            if rclass is GetStatus and len(parts) == 5:
-                                handle, known, running, numerator, denominator = parts
-                                if (
-                                    (known == b"1" or known == b"0")
-                                    and (running == b"1" or running == b"0")
-                                    and numerator.isdigit()
-                                    and denominator.isdigit()
-                                    and len(numerator) <= 30
-                                    and len(denominator) <= 30
-                                    and len(handle) <= max_handle
-                                ):
-                                    pending.popleft()
-                                    answers[len(ready)] = request
-                                    emit(
-                                        new(
-                                            StatusRes,
-                                            (
-                                                handle,
-                                                known == b"1",
-                                                running == b"1",
-                                                int(numerator),
-                                                int(denominator),
-                                            ),
-                                        )
-                                    )
-                                    pos = end
-                                    continue
-                        elif branch == 10:  # OPTION_RES
-                            if rclass is OptionReq and size <= max_text:
-                                pending.popleft()
-                                answers[len(ready)] = request
-                                emit(new(OptionRes, (src[pos + 12 : end],)))
-                                pos = end
-                                continue
-                        elif rclass in grab_classes:
-                            if branch == 4:  # NO_JOB
-                                pending.popleft()
-                                self._grabs -= 1
-                                answers[len(ready)] = request
-                                emit(_NO_JOB)
-                                pos = end
-                                continue
-                            # JOB_ASSIGN, JOB_ASSIGN_UNIQ
-                            cls = classes[ptype]
+                elif branch and pending:  # a reply to the oldest request owed one
+                    request = pending[0]
+                    if type(request) is list:
+                        # Requests without reply before it: a reply proves they succeeded.
+                        while pending and type(pending[0]) is list:
+                            pending.popleft()
+                        request = pending[0] if pending else None
+                    rclass = type(request)
+                    if branch == 1:  # JOB_CREATED
+                        if rclass in submit_classes and size <= max_handle:
+                            pending.popleft()
+                            handle = src[pos + 12 : end]
+                            # A foreground submission (inline _is_background).
+                            if (rclass is SubmitJob and not request[4]) or (
+                                rclass is SubmitReduceJob and not request[5]
+                            ):
+                                client_handles[handle] = client_handles.get(handle, 0) + 1
+                                if finished:
+                                    finished.pop(handle, None)
+                            answers[len(ready)] = request
+                            emit(new(JobCreated, (handle,)))
+                            pos = end
+                            continue
+                    elif branch == 5:  # JOB_ASSIGN, JOB_ASSIGN_UNIQ, JOB_ASSIGN_ALL
+                        cls = classes[ptype]
+                        if rclass in grab_classes and cls in replies_to[rclass]:
                             nuls = assign_nuls[ptype]
                             parts = src[pos + 12 : end].split(b"\0", nuls)
                             if (
                                 len(parts) == nuls + 1
-                                and cls in replies_to[rclass]
                                 and len(parts[0]) <= max_handle
                                 and len(parts[1]) <= max_function
                                 and (nuls == 2 or len(parts[2]) <= max_unique)
@@ -1074,6 +1025,57 @@ class Connection:
                                 emit(new(cls, parts))
                                 pos = end
                                 continue
+                    elif branch == 4:  # NO_JOB
+                        if rclass in grab_classes:
+                            pending.popleft()
+                            self._grabs -= 1
+                            answers[len(ready)] = request
+                            emit(_NO_JOB)
+                            pos = end
+                            continue
+                    elif branch == 6:  # ECHO_RES
+                        if rclass is EchoReq:
+                            pending.popleft()
+                            answers[len(ready)] = request
+                            emit(new(EchoRes, (src[pos + 12 : end],)))
+                            pos = end
+                            continue
+                    elif branch == 9:  # STATUS_RES
+                        parts = src[pos + 12 : end].split(b"\0", 4)
+                        if rclass is GetStatus and len(parts) == 5:
+                            handle, known, running, numerator, denominator = parts
+                            if (
+                                (known == b"1" or known == b"0")
+                                and (running == b"1" or running == b"0")
+                                and numerator.isdigit()
+                                and denominator.isdigit()
+                                and len(numerator) <= 30
+                                and len(denominator) <= 30
+                                and len(handle) <= max_handle
+                            ):
+                                pending.popleft()
+                                answers[len(ready)] = request
+                                emit(
+                                    new(
+                                        StatusRes,
+                                        (
+                                            handle,
+                                            known == b"1",
+                                            running == b"1",
+                                            int(numerator),
+                                            int(denominator),
+                                        ),
+                                    )
+                                )
+                                pos = end
+                                continue
+                    elif branch == 10:  # OPTION_RES
+                        if rclass is OptionReq and size <= max_text:
+                            pending.popleft()
+                            answers[len(ready)] = request
+                            emit(new(OptionRes, (src[pos + 12 : end],)))
+                            pos = end
+                            continue
             pos, go_on = self._slow_response(src, pos)
             if not go_on:
                 break

@@ -679,3 +679,119 @@ scenario(
     deviation="Listings escape names and ids",
     check=_escaped,
 )
+
+
+# --------------------------------------------------- more deliberate deviations
+
+
+def _bad_magic(ours: Transcript, theirs: Transcript) -> None:
+    assert (
+        _replies(ours, "c")[0] == res(ERROR, b"INVALID_MAGIC", b"Invalid magic value") + b"<closed>"
+    )
+    assert _replies(theirs, "c")[0] == b"<closed>"
+
+
+scenario(
+    "bad_magic_is_answered_then_closed",
+    "ERROR packets with gearmand's codes and texts",
+    [Step("c", b"\0XYZ" + b"\0" * 8, [CLOSED])],
+    deviation="Protocol errors are always answered",
+    check=_bad_magic,
+)
+
+
+def _long_handle(ours: Transcript, theirs: Transcript) -> None:
+    assert _replies(ours, "c")[0] == res(ERROR, b"ARGUMENT_TOO_LARGE", b"Job handle too large")
+    assert _replies(theirs, "c")[0] == b"<silence>"
+
+
+scenario(
+    "get_status_with_an_over_long_handle",
+    "GET_STATUS",
+    [Step("c", req(GET_STATUS, b"H" * 70), [MAYBE])],
+    deviation="Protocol errors are always answered",
+    check=_long_handle,
+)
+
+
+def _unique_64(ours: Transcript, theirs: Transcript) -> None:
+    first, second, status = _replies(ours, "c")
+    assert first == second  # coalesced
+    assert status == res(STATUS_UNIQUE, b"u" * 64, b"1", b"0", b"0", b"0", b"0")
+    first, second, status = _replies(theirs, "c")
+    assert first != second  # gearmand stored 63 bytes: two jobs
+    assert status == b"<silence>"  # and does not answer about a 64-byte unique
+
+
+scenario(
+    "unique_of_exactly_64_bytes",
+    "unique-id coalescing keyed by (function, unique)",
+    [
+        Step(
+            "c",
+            req(SUBMIT_BG, b"f", b"u" * 64, b"a") + req(SUBMIT_BG, b"f", b"u" * 64, b"a"),
+            [P, P],
+        ),
+        Step("c", req(GET_STATUS_UNIQUE, b"u" * 64), [MAYBE]),
+    ],
+    deviation="Unique ids of exactly 64 bytes work",
+    check=_unique_64,
+)
+
+
+def _abandoned(ours: Transcript, theirs: Transcript) -> None:
+    assert _replies(ours, "adm")[-1] == b"f\t0\t0\t0\n.\n"
+    assert _replies(theirs, "adm")[-1] == b"f\t1\t0\t0\n.\n"  # kept until a worker comes
+
+
+scenario(
+    "foreground_job_of_a_departed_client",
+    "requeue on worker disconnect",
+    [
+        Step("c", req(SUBMIT, b"f", b"", b"a"), [P]),
+        Step("c", close=True),
+        Step("adm", b"status\r\n", [LS], wait=0.3),
+    ],
+    deviation="Foreground jobs nobody waits for are dropped at once",
+    check=_abandoned,
+)
+
+
+def _pre_sleep_rearms(ours: Transcript, theirs: Transcript) -> None:
+    assert _replies(ours, "w1")[-1] == res(NOOP)
+    assert _replies(theirs, "w1")[-1] == b"<silence>"
+
+
+scenario(
+    "pre_sleep_after_an_unanswered_noop",
+    "NOOP/PRE_SLEEP",
+    [
+        Step("w1", req(CAN_DO, b"f") + req(PRE_SLEEP) + req(ECHO, b""), [P]),
+        Step("c", req(SUBMIT_BG, b"f", b"", b"a"), [P]),
+        Step("w1", b"", [P]),  # NOOP
+        Step("w2", req(CAN_DO, b"f") + req(GRAB_UNIQ), [P]),  # someone else takes it
+        Step("w1", req(PRE_SLEEP) + req(ECHO, b""), [P]),  # back to sleep, no GRAB
+        Step("c", req(SUBMIT_BG, b"f", b"", b"b"), [P]),
+        Step("w1", b"", [MAYBE]),
+    ],
+    deviation="A new PRE_SLEEP re-arms wake-ups",
+    check=_pre_sleep_rearms,
+)
+
+
+def _drop_queued(ours: Transcript, theirs: Transcript) -> None:
+    assert _replies(ours, "adm") == [b"ERR there are still queued jobs\r\n", b"f\t1\t0\t0\n.\n"]
+    assert _replies(theirs, "adm")[0] == b"OK\r\n"
+
+
+scenario(
+    "drop_function_with_queued_jobs",
+    "drop function",
+    [
+        Step("c", req(SUBMIT_BG, b"f", b"", b"a"), [P]),
+        Step("adm", b"drop function f\r\n", [L]),
+        Step("adm", b"status\r\n", [LS]),
+    ],
+    deviation="drop function refuses while jobs are queued",
+    check=_drop_queued,
+)

@@ -11,6 +11,8 @@ from gearproto.events import EchoReq, GetStatus, GetStatusUnique
 
 from ._client_engine import ClientOptions
 from ._routing import Backoff, ServerAddress, ServerSpec, parse_address, parse_servers
+from ._tls import SSLOption, resolve_ssl
+from ._worker_engine import WorkerOptions
 
 __all__ = [
     "ADMIN_COMMANDS",
@@ -31,6 +33,7 @@ def client_options(
     client_id: bytes | str | None,
     backoff: Backoff | None,
     limits: Limits | None,
+    ssl: SSLOption = None,
 ) -> ClientOptions:
     cid = client_id.encode() if isinstance(client_id, str) else client_id
     return ClientOptions(
@@ -42,6 +45,26 @@ def client_options(
         client_id=cid,
         backoff=backoff or Backoff(),
         limits=limits,
+        ssl_context=resolve_ssl(ssl),
+    )
+
+
+def worker_options(
+    *,
+    concurrency: int,
+    client_id: bytes | str | None,
+    connect_timeout: float | None,
+    backoff: Backoff | None,
+    limits: Limits | None,
+    ssl: SSLOption,
+) -> WorkerOptions:
+    return WorkerOptions(
+        concurrency=concurrency,
+        client_id=client_id.encode() if isinstance(client_id, str) else client_id,
+        connect_timeout=connect_timeout,
+        backoff=backoff or Backoff(),
+        limits=limits,
+        ssl_context=resolve_ssl(ssl),
     )
 
 

@@ -18,6 +18,7 @@ from . import _client_engine as _ce
 from ._outcomes import Outcome, raise_for
 from ._routing import Backoff, ServerAddress, ServerSpec
 from ._session import Slot
+from ._tls import SSLOption
 
 __all__ = ["AsyncAdmin", "AsyncClient", "AsyncJob", "AsyncRequest"]
 
@@ -168,6 +169,7 @@ class AsyncClient(_Base):
         backoff: Backoff | None = None,
         limits: Limits | None = None,
         seed: int | None = None,
+        ssl: SSLOption = None,
     ) -> None:
         self._options = _api.client_options(
             connect_timeout=connect_timeout,
@@ -178,6 +180,7 @@ class AsyncClient(_Base):
             client_id=client_id,
             backoff=backoff,
             limits=limits,
+            ssl=ssl,
         )
         self._servers = _api.servers_list(servers)
         self._seed = seed
@@ -336,6 +339,7 @@ class AsyncAdmin(_Base):
         *,
         timeout: float | None = 10.0,
         connect_timeout: float | None = 5.0,
+        ssl: SSLOption = None,
     ) -> None:
         self._address = _api.servers_list([server])
         self._timeout = timeout
@@ -348,6 +352,7 @@ class AsyncAdmin(_Base):
             client_id=None,
             backoff=None,
             limits=None,
+            ssl=ssl,
         )
         self._driver = None
 

@@ -28,7 +28,7 @@ import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gearproto import NEED_DATA, Limits, LocalProtocolError, Priority, RemoteProtocolError
 from gearproto.admin import AdminError
@@ -67,7 +67,10 @@ from ._outcomes import (
     TimedOut,
 )
 from ._routing import Backoff, HashRing, ServerAddress
-from ._session import Driver, Session, Slot, SlotState, Timers
+from ._session import Driver, Session, Slot, SlotState, Timers, describe_error
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 __all__ = ["ClientEngine", "ClientOptions", "Job", "Request", "Update", "coerce_priority"]
 
@@ -115,6 +118,8 @@ class ClientOptions:
     client_id: bytes | None = None
     backoff: Backoff = field(default_factory=Backoff)
     limits: Limits | None = None
+    #: TLS for every connection (the binding wraps its sockets); None: plaintext.
+    ssl_context: SSLContext | None = None
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "created_timeout", "timeout"):
@@ -1001,10 +1006,7 @@ def _not_up(slot: Slot) -> bool:
     return slot.state is not SlotState.UP
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    name = type(error).__name__
-    return f"{name}: {text}" if text else name
+_describe = describe_error
 
 
 def _connect_error(slots: Sequence[Slot]) -> ConnectError:

@@ -8,7 +8,10 @@ threads change the engine under :attr:`Reactor.lock` and wake the loop through a
 socket pair; the loop does all socket I/O.
 
 Connecting (name resolution included) runs in a short-lived thread per attempt, because
-``getaddrinfo`` cannot be made non-blocking; the loop enforces the connect timeout.
+``getaddrinfo`` cannot be made non-blocking; the loop enforces the connect timeout.  With
+TLS the handshake is done in that thread too, and the loop then reads and writes the
+TLS socket without blocking (a read may find a whole record already decrypted, and a
+write may have to wait for a read).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -28,8 +32,46 @@ __all__ = ["Reactor"]
 _RECV_SIZE = 256 * 1024
 
 
+def _read_pending(sock: ssl.SSLSocket, first: bytes) -> bytes:
+    """``first`` and the TLS records already decrypted behind it.
+
+    TLS hands out one record per recv(); the rest sit in the TLS buffer, where
+    select() does not see them.  An error here surfaces at the next read.
+    """
+    chunks = [first]
+    while sock.pending():
+        try:
+            more = sock.recv(_RECV_SIZE)
+        except OSError:
+            break
+        if not more:
+            break
+        chunks.append(more)
+    return b"".join(chunks)
+
+
+def _tls_alert(sock: socket.socket) -> ssl.SSLError | None:
+    """The TLS alert a server sent before closing, if a failed write hid it.
+
+    A server that refuses the session after the handshake (a client certificate it
+    requires, say) sends an alert and closes; a write then fails with a bare EOF, and
+    only a read shows the alert that says why.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        sock.recv(1)
+    except (ssl.SSLWantReadError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        return None
+    except ssl.SSLError as alert:
+        return alert
+    except OSError:
+        return None
+    return None
+
+
 class _Conn:
-    __slots__ = ("out", "registered_write", "session", "slot", "sock")
+    __slots__ = ("out", "registered_write", "session", "slot", "sock", "write_needs_read")
 
     def __init__(self, slot: Slot, sock: socket.socket) -> None:
         self.slot = slot
@@ -37,14 +79,19 @@ class _Conn:
         self.session: Session | None = None
         self.out = bytearray()
         self.registered_write = False
+        #: A TLS write could not go on before the socket is read (renegotiation).
+        self.write_needs_read = False
 
 
 class Reactor:
     """Runs ``engine`` (client or worker) over sockets; see the module docstring."""
 
-    def __init__(self, connect_timeout: float | None) -> None:
+    def __init__(
+        self, connect_timeout: float | None, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.engine: Any = None
         self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.selector = selectors.DefaultSelector()
@@ -203,9 +250,17 @@ class Reactor:
     def _connect_thread(self, slot: Slot, attempt: int, timeout: float | None) -> None:
         sock: socket.socket | None = None
         error: BaseException | None = None
+        host = slot.address.host
         try:
-            sock = socket.create_connection((slot.address.host, slot.address.port), timeout=timeout)
-        except OSError as exc:
+            sock = socket.create_connection((host, slot.address.port), timeout=timeout)
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
+                except BaseException:
+                    sock.close()
+                    raise
+        except OSError as exc:  # ssl.SSLError and certificate errors are OSErrors
+            sock = None
             error = exc
         with self.lock:
             if self.closed:
@@ -256,33 +311,46 @@ class Reactor:
         session = conn.session
         if session is None:
             return
+        sock = conn.sock
         try:
-            data = conn.sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            data = sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return
+        except ssl.SSLZeroReturnError:
+            data = b""  # the server closed the TLS session
         except OSError as exc:
             self._drop(conn)
             self.engine.connection_lost(session, exc, now)
             return
+        if data and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            data = _read_pending(sock, data)
         self.engine.data_received(session, data or None, now)
         if not data:
             self._drop(conn)
+        elif conn.write_needs_read and conn.session is not None:
+            conn.write_needs_read = False
+            self._write(conn)
 
     def _write(self, conn: _Conn) -> None:
         out = conn.out
         if out:
             try:
                 sent = conn.sock.send(out)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                sent = 0
+            except ssl.SSLWantReadError:
+                # Retried after the next read, not on writability (it would spin).
+                conn.write_needs_read = True
                 sent = 0
             except OSError as exc:
                 session = conn.session
+                cause = _tls_alert(conn.sock) or exc
                 self._drop(conn)
                 if session is not None:
-                    self.engine.connection_lost(session, exc, time.monotonic())
+                    self.engine.connection_lost(session, cause, time.monotonic())
                 return
             del out[:sent]
-        want = bool(out)
+        want = bool(out) and not conn.write_needs_read
         if want != conn.registered_write:
             conn.registered_write = want
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)

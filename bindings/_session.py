@@ -24,8 +24,9 @@ from gearproto import NEED_DATA, Connection, Limits, RemoteProtocolError, Side
 from gearproto.events import ConnectionClosed
 
 from ._routing import ServerAddress
+from ._tls import describe_tls_error
 
-__all__ = ["BACKLOG", "Driver", "Session", "Slot", "SlotState", "Timers"]
+__all__ = ["BACKLOG", "Driver", "Session", "Slot", "SlotState", "Timers", "describe_error"]
 
 #: Chunks in a slot's outbox that make the binding write before the loop comes round.
 BACKLOG = 256
@@ -203,3 +204,10 @@ class Timers:
 
     def __len__(self) -> int:
         return len(self._heap)
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` for an error, in words for TLS failures."""
+    name = type(error).__name__
+    text = describe_tls_error(error) or str(error)
+    return f"{name}: {text}" if text else name

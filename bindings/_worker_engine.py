@@ -24,12 +24,13 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import logging
 import math
 import random
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gearproto import Limits, RemoteProtocolError
 from gearproto.events import (
@@ -55,7 +56,10 @@ from gearproto.events import (
 from gearproto.events import WorkException as WorkExceptionEvent
 
 from ._routing import Backoff, ServerAddress
-from ._session import Driver, Session, Slot, SlotState, Timers
+from ._session import Driver, Session, Slot, SlotState, Timers, describe_error
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 __all__ = [
     "FunctionSpec",
@@ -112,6 +116,8 @@ class WorkerOptions:
     connect_timeout: float | None = 5.0
     backoff: Backoff = field(default_factory=Backoff)
     limits: Limits | None = None
+    #: TLS for every connection (the binding wraps its sockets); None: plaintext.
+    ssl_context: SSLContext | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -234,6 +240,10 @@ class _WorkerSession(Session):
         self.jobs: dict[bytes, WorkerJob] = {}
 
 
+#: Connection failures are logged here: a worker retries for ever, and nothing else
+#: would tell that it cannot reach a server (refused, TLS certificate, ...).
+log = logging.getLogger("gearproto.bindings.worker")
+
 _GRAB = object()  # owner of GRAB_JOB* requests
 _PROBE = object()  # owner of the grab that finds out which grab the server knows
 
@@ -355,7 +365,9 @@ class WorkerEngine:
             slot.state = SlotState.CLOSED
             return
         slot.state = SlotState.DOWN
-        slot.retry_at = now + self.options.backoff.delay(slot.failures, self.rng)
+        delay = self.options.backoff.delay(slot.failures, self.rng)
+        slot.retry_at = now + delay
+        log.warning("%s: %s; retrying in %.2g s", slot.address, describe_error(error), delay)
         if self.timers.push(slot.retry_at, (_T_RETRY, slot)):
             self.driver.timer_changed()
 

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import signal
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -48,6 +49,7 @@ from ._outcomes import (
 )
 from ._routing import Backoff, ServerSpec
 from ._session import Session, Slot
+from ._tls import SSLOption, TLSConfigError, tls_context
 from ._worker_engine import JobFail, WorkException
 
 __all__ = [
@@ -76,10 +78,12 @@ __all__ = [
     "Rejected",
     "RequestTimeout",
     "ServerError",
+    "TLSConfigError",
     "TimedOut",
     "WorkException",
     "Worker",
     "WorkerJob",
+    "tls_context",
 ]
 
 
@@ -124,9 +128,12 @@ class _Protocol(asyncio.Protocol):
 class _Driver:
     """The engine's view of asyncio: connect, write (coalesced), close, one timer."""
 
-    def __init__(self, engine: Any, connect_timeout: float | None) -> None:
+    def __init__(
+        self, engine: Any, connect_timeout: float | None, ssl_context: ssl.SSLContext | None
+    ) -> None:
         self.engine = engine
         self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
         self.loop = asyncio.get_running_loop()
         self._dirty: list[Slot] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -191,8 +198,10 @@ class _Driver:
         host, port = slot.address
         try:
             async with asyncio.timeout(self.connect_timeout):
+                # With TLS, the handshake (certificate and host name checks against
+                # ``host``) is part of the connection, and of the connect timeout.
                 transport, proto = await self.loop.create_connection(
-                    lambda: _Protocol(self), host, port
+                    lambda: _Protocol(self), host, port, ssl=self.ssl_context
                 )
         except TimeoutError:
             self.engine.connect_failed(
@@ -255,7 +264,7 @@ class _AsyncioMixin:
         return asyncio.get_running_loop().time()
 
     def _open_driver(self) -> _Driver:
-        return _Driver(None, self._options.connect_timeout)
+        return _Driver(None, self._options.connect_timeout, self._options.ssl_context)
 
     async def _close_driver(self) -> None:
         await self._driver.aclose()
@@ -305,8 +314,14 @@ class WorkerJob(_we.WorkerJob):
 
 
 class _WorkerDriver(_Driver):
-    def __init__(self, engine: Any, connect_timeout: float | None, concurrency: int) -> None:
-        super().__init__(engine, connect_timeout)
+    def __init__(
+        self,
+        engine: Any,
+        connect_timeout: float | None,
+        ssl_context: ssl.SSLContext | None,
+        concurrency: int,
+    ) -> None:
+        super().__init__(engine, connect_timeout, ssl_context)
         self.thread_id = threading.get_ident()
         self.drained_event = asyncio.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(
@@ -388,14 +403,16 @@ class Worker:
         backoff: Backoff | None = None,
         limits: Limits | None = None,
         seed: int | None = None,
+        ssl: SSLOption = None,
     ) -> None:
         self._servers = _api.servers_list(servers)
-        self._options = _we.WorkerOptions(
+        self._options = _api.worker_options(
             concurrency=concurrency,
-            client_id=client_id.encode() if isinstance(client_id, str) else client_id,
+            client_id=client_id,
             connect_timeout=connect_timeout,
-            backoff=backoff or Backoff(),
+            backoff=backoff,
             limits=limits,
+            ssl=ssl,
         )
         self._functions: dict[bytes, _we.FunctionSpec] = {}
         self._engine: _we.WorkerEngine | None = None
@@ -445,7 +462,10 @@ class Worker:
         if self._engine is not None:
             raise RuntimeError("this worker is already working")
         loop = asyncio.get_running_loop()
-        driver = _WorkerDriver(None, self._options.connect_timeout, self._options.concurrency)
+        options = self._options
+        driver = _WorkerDriver(
+            None, options.connect_timeout, options.ssl_context, options.concurrency
+        )
         engine = _we.WorkerEngine(
             self._servers, driver, self._options, WorkerJob, _api.make_rng(self._seed)
         )

@@ -7,7 +7,9 @@ usage; 3 no server reachable or connection lost; 4 a timeout ran out.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ from ._outcomes import (
     TimedOut,
 )
 from ._routing import DEFAULT_PORT, ServerAddress, parse_address
+from ._tls import TLSConfigError, tls_context
 
 __all__ = ["admin_main", "submit_main", "worker_main"]
 
@@ -57,7 +60,45 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="a job server; repeat for several (default: $GEARMAN_SERVER or localhost:4730)",
     )
+    tls = parser.add_argument_group(
+        "TLS", "the server's certificate and host name are verified unless --ssl-no-verify"
+    )
+    tls.add_argument("-S", "--ssl", action="store_true", help="connect with TLS")
+    tls.add_argument(
+        "--ssl-ca-file", metavar="FILE", help="CAs to verify the server with (implies --ssl)"
+    )
+    tls.add_argument(
+        "--ssl-certificate",
+        metavar="FILE",
+        help="client certificate for mutual TLS, PEM (implies --ssl)",
+    )
+    tls.add_argument("--ssl-key", metavar="FILE", help="the client certificate's private key, PEM")
+    tls.add_argument(
+        "--ssl-no-verify",
+        action="store_true",
+        help="do not authenticate the server (encrypted only; implies --ssl)",
+    )
     parser.add_argument("--help", action="help", help="show this help and exit")
+
+
+def _ssl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ssl.SSLContext | None:
+    """The TLS context the options ask for; None for plaintext.  Bad files exit 2."""
+    wanted = args.ssl or args.ssl_ca_file or args.ssl_certificate or args.ssl_no_verify
+    if args.ssl_key and not args.ssl_certificate:
+        parser.error("--ssl-key needs --ssl-certificate")
+    if not wanted:
+        return None
+    if args.ssl_no_verify and args.ssl_ca_file:
+        parser.error("--ssl-no-verify and --ssl-ca-file contradict each other")
+    try:
+        return tls_context(
+            args.ssl_ca_file,
+            args.ssl_certificate,
+            args.ssl_key,
+            verify=not args.ssl_no_verify,
+        )
+    except TLSConfigError as exc:
+        parser.error(str(exc))
 
 
 def _servers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[ServerAddress]:
@@ -110,6 +151,7 @@ def submit_main(argv: Sequence[str]) -> int:
     if args.timeout is not None and args.timeout <= 0:
         parser.error("--timeout must be a positive number of seconds")
     servers = _servers(args, parser)
+    context = _ssl(args, parser)
     if args.data:
         payloads = [" ".join(args.data).encode()]
     elif args.no_stdin:
@@ -122,7 +164,7 @@ def submit_main(argv: Sequence[str]) -> int:
     from .sync import Client
 
     status = EXIT_OK
-    with Client(servers, timeout=args.timeout) as client:
+    with Client(servers, timeout=args.timeout, ssl=context) as client:
         try:
             jobs = [
                 client.submit(
@@ -195,10 +237,13 @@ def worker_main(argv: Sequence[str]) -> int:
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     servers = _servers(args, parser)
+    context = _ssl(args, parser)
+    # Connection failures (refused, TLS, ...) are logged: a worker retries for ever.
+    logging.basicConfig(format="gearproto worker: %(message)s", level=logging.WARNING)
 
     from .sync import Worker, WorkerJob, WorkException
 
-    worker = Worker(servers, concurrency=args.concurrency, client_id=args.client_id)
+    worker = Worker(servers, concurrency=args.concurrency, client_id=args.client_id, ssl=context)
     done = [0]
     lock = threading.Lock()
 
@@ -281,11 +326,12 @@ def admin_main(argv: Sequence[str]) -> int:
     (server, *rest) = _servers(args, parser)
     if rest:
         parser.error("admin talks to one server at a time")
+    context = _ssl(args, parser)
 
     from .sync import Admin
 
     status = EXIT_OK
-    with Admin(server, timeout=args.timeout) as client:
+    with Admin(server, timeout=args.timeout, ssl=context) as client:
         for command in commands:
             try:
                 reply = client.command(command)

@@ -51,6 +51,7 @@ from ._outcomes import (
 from ._reactor import Reactor
 from ._routing import Backoff, ServerAddress, ServerSpec
 from ._session import Slot
+from ._tls import SSLOption, TLSConfigError, tls_context
 from ._worker_engine import JobFail, WorkException
 
 __all__ = [
@@ -79,10 +80,12 @@ __all__ = [
     "Rejected",
     "RequestTimeout",
     "ServerError",
+    "TLSConfigError",
     "TimedOut",
     "WorkException",
     "Worker",
     "WorkerJob",
+    "tls_context",
 ]
 
 
@@ -233,6 +236,7 @@ class Client(_Base):
         backoff: Backoff | None = None,
         limits: Limits | None = None,
         seed: int | None = None,
+        ssl: SSLOption = None,
     ) -> None:
         options = _api.client_options(
             connect_timeout=connect_timeout,
@@ -243,9 +247,10 @@ class Client(_Base):
             client_id=client_id,
             backoff=backoff,
             limits=limits,
+            ssl=ssl,
         )
         self._servers = _api.servers_list(servers)
-        self._reactor = Reactor(connect_timeout)
+        self._reactor = Reactor(connect_timeout, options.ssl_context)
         self._engine = _ce.ClientEngine(self._servers, self._reactor, options, _api.make_rng(seed))
         self._reactor.engine = self._engine
         self._start_thread("gearproto-client")
@@ -379,6 +384,7 @@ class Admin(_Base):
         *,
         timeout: float | None = 10.0,
         connect_timeout: float | None = 5.0,
+        ssl: SSLOption = None,
     ) -> None:
         options = _api.client_options(
             connect_timeout=connect_timeout,
@@ -389,9 +395,10 @@ class Admin(_Base):
             client_id=None,
             backoff=None,
             limits=None,
+            ssl=ssl,
         )
         self._timeout = timeout
-        self._reactor = Reactor(connect_timeout)
+        self._reactor = Reactor(connect_timeout, options.ssl_context)
         self._engine = _ce.ClientEngine(_api.servers_list([server]), self._reactor, options)
         self._reactor.engine = self._engine
         self._start_thread("gearproto-admin")
@@ -548,14 +555,16 @@ class Worker:
         backoff: Backoff | None = None,
         limits: Limits | None = None,
         seed: int | None = None,
+        ssl: SSLOption = None,
     ) -> None:
         self._servers = _api.servers_list(servers)
-        self._options = _we.WorkerOptions(
+        self._options = _api.worker_options(
             concurrency=concurrency,
-            client_id=client_id.encode() if isinstance(client_id, str) else client_id,
+            client_id=client_id,
             connect_timeout=connect_timeout,
-            backoff=backoff or Backoff(),
+            backoff=backoff,
             limits=limits,
+            ssl=ssl,
         )
         self._seed = seed
         self._functions: dict[bytes, _we.FunctionSpec] = {}
@@ -608,7 +617,7 @@ class Worker:
         with self._lock:
             if self._engine is not None:
                 raise RuntimeError("this worker is already working")
-            reactor = Reactor(self._options.connect_timeout)
+            reactor = Reactor(self._options.connect_timeout, self._options.ssl_context)
             driver = _WorkerDriver(reactor, self._options.concurrency)
             engine = _we.WorkerEngine(
                 self._servers, driver, self._options, WorkerJob, _api.make_rng(self._seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,6 +50,7 @@ from ._outcomes import (
 )
 from ._routing import Backoff, ServerSpec
 from ._session import Session, Slot
+from ._tls import SSLOption, TLSConfigError, tls_context
 from ._worker_engine import JobFail, WorkException
 
 __all__ = [
@@ -77,10 +79,12 @@ __all__ = [
     "Rejected",
     "RequestTimeout",
     "ServerError",
+    "TLSConfigError",
     "TimedOut",
     "WorkException",
     "Worker",
     "WorkerJob",
+    "tls_context",
 ]
 
 _RECV_SIZE = 256 * 1024
@@ -89,7 +93,7 @@ _RECV_SIZE = 256 * 1024
 class _Conn:
     __slots__ = ("scope", "sending", "session", "stream", "wake")
 
-    def __init__(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    def __init__(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         self.stream = stream
         self.scope = scope
         self.session: Session | None = None
@@ -100,9 +104,16 @@ class _Conn:
 class _Driver:
     """The engine's view of trio: connection tasks, a writer per socket, one timer task."""
 
-    def __init__(self, engine: Any, connect_timeout: float | None, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        connect_timeout: float | None,
+        ssl_context: ssl.SSLContext | None,
+        nursery: trio.Nursery,
+    ) -> None:
         self.engine = engine
         self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
         self.nursery = nursery
         self.token = trio.lowlevel.current_trio_token()
         self.thread_id = threading.get_ident()
@@ -146,15 +157,17 @@ class _Driver:
     async def _connection(self, slot: Slot) -> None:
         engine = self.engine
         host, port = slot.address
-        stream: trio.SocketStream | None = None
+        stream: trio.abc.Stream | None = None
         error: BaseException | None = None
         with trio.move_on_after(
             math.inf if self.connect_timeout is None else self.connect_timeout
         ) as connect_scope:
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await self._open(host, port)
             except OSError as exc:
                 error = _root_os_error(exc)
+            except trio.BrokenResourceError as exc:  # the TLS handshake failed
+                error = _root_cause(exc)
         if stream is None:
             if connect_scope.cancelled_caught:
                 error = TimeoutError(f"connect timed out after {self.connect_timeout:g} s")
@@ -181,8 +194,23 @@ class _Driver:
                     lost[0] if lost else ConnectionResetError("connection closed"),
                     trio.current_time(),
                 )
-                with trio.CancelScope(shield=True):
+                # Shielded so the socket is always closed; bounded because a TLS
+                # close_notify can wait on a server that reads nothing.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
                     await stream.aclose()
+
+    async def _open(self, host: str, port: int) -> trio.abc.Stream:
+        """A TCP connection, with the TLS handshake (certificate, host name) if asked."""
+        tcp = await trio.open_tcp_stream(host, port)
+        if self.ssl_context is None:
+            return tcp
+        tls = trio.SSLStream(tcp, self.ssl_context, server_hostname=host)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        return tls
 
     @staticmethod
     async def _guard(coro: Any, lost: list[BaseException], inner: trio.Nursery) -> None:
@@ -190,7 +218,7 @@ class _Driver:
         try:
             await coro
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            lost.append(exc)
+            lost.append(_root_cause(exc))
         inner.cancel_scope.cancel()
 
     async def _reader(self, conn: _Conn, session: Session) -> None:
@@ -212,6 +240,14 @@ class _Driver:
                 conn.sending = True
                 await stream.send_all(data)
                 conn.sending = False
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The TLS or socket error behind trio's BrokenResourceError, if there is one."""
+    cause = exc.__cause__
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, OSError):
+        return cause  # ssl.SSLError (certificate, alert) or the socket's error
+    return exc
 
 
 def _root_os_error(exc: OSError) -> OSError:
@@ -276,7 +312,8 @@ class Client(_TrioMixin, _aa.AsyncClient):
         await super().start()
 
     def _open_driver(self) -> _Driver:
-        return _Driver(None, self._options.connect_timeout, self._pending_nursery)
+        options = self._options
+        return _Driver(None, options.connect_timeout, options.ssl_context, self._pending_nursery)
 
 
 class Admin(_TrioMixin, _aa.AsyncAdmin):
@@ -291,7 +328,8 @@ class Admin(_TrioMixin, _aa.AsyncAdmin):
         await super().start()
 
     def _open_driver(self) -> _Driver:
-        return _Driver(None, self._options.connect_timeout, self._pending_nursery)
+        options = self._options
+        return _Driver(None, options.connect_timeout, options.ssl_context, self._pending_nursery)
 
 
 # --------------------------------------------------------------------------- worker
@@ -334,9 +372,14 @@ class _WorkerDriver(_Driver):
                     await trio.sleep(0.001)
 
     def __init__(
-        self, engine: Any, connect_timeout: float | None, nursery: trio.Nursery, concurrency: int
+        self,
+        engine: Any,
+        connect_timeout: float | None,
+        ssl_context: ssl.SSLContext | None,
+        nursery: trio.Nursery,
+        concurrency: int,
     ) -> None:
-        super().__init__(engine, connect_timeout, nursery)
+        super().__init__(engine, connect_timeout, ssl_context, nursery)
         self.drained_event = trio.Event()
         self.limiter = trio.CapacityLimiter(concurrency)
 
@@ -392,14 +435,16 @@ class Worker:
         backoff: Backoff | None = None,
         limits: Limits | None = None,
         seed: int | None = None,
+        ssl: SSLOption = None,
     ) -> None:
         self._servers = _api.servers_list(servers)
-        self._options = _we.WorkerOptions(
+        self._options = _api.worker_options(
             concurrency=concurrency,
-            client_id=client_id.encode() if isinstance(client_id, str) else client_id,
+            client_id=client_id,
             connect_timeout=connect_timeout,
-            backoff=backoff or Backoff(),
+            backoff=backoff,
             limits=limits,
+            ssl=ssl,
         )
         self._functions: dict[bytes, _we.FunctionSpec] = {}
         self._engine: _we.WorkerEngine | None = None
@@ -447,8 +492,9 @@ class Worker:
         if self._engine is not None:
             raise RuntimeError("this worker is already working")
         async with trio.open_nursery() as nursery:
+            options = self._options
             driver = _WorkerDriver(
-                None, self._options.connect_timeout, nursery, self._options.concurrency
+                None, options.connect_timeout, options.ssl_context, nursery, options.concurrency
             )
             engine = _we.WorkerEngine(
                 self._servers, driver, self._options, WorkerJob, _api.make_rng(self._seed)

@@ -327,7 +327,9 @@ class Campaign:
             timeouts=self.config.timeouts,
             destructive=self.config.destructive,
             prefix=self.ctx.prefix,
-            shrink_time=self.config.minimize_time,
+            # Each stateful finding is shrunk twice (Hypothesis, then delta debugging):
+            # a shorter window keeps batches coming.
+            shrink_time=min(self.config.minimize_time, 20.0),
             recover=lambda why: self._recover(self.target, why),
             on_progress=self._show,
         ):

@@ -150,13 +150,28 @@ class ShadowConn:
 
 
 def _oversize(event: Any) -> int:
+    """How far ``event`` is beyond the reference limits (0: within them).
+
+    The longest field over its own limit, or, when the NUL-terminated fields add up to
+    more than a typical 8 KiB receive buffer (gearmand's), their total.
+    """
     ptype = packet_type(event)
+    spec = _PACKETS[ptype]
     longest = 0
-    for spec_field, value in zip(_PACKETS[ptype].fields, event, strict=False):
+    arguments = 0
+    for index, (spec_field, value) in enumerate(zip(spec.fields, event, strict=False)):
+        if not isinstance(value, bytes):
+            continue
+        if index < spec.nul_terminated:
+            arguments += len(value) + 1
+        elif spec_field.kind is not FieldKind.DATA:
+            arguments += len(value)
         if spec_field.kind in (FieldKind.DATA, FieldKind.NUMBER, FieldKind.FLAG):
             continue
-        if isinstance(value, bytes) and len(value) > REFERENCE_LIMITS.for_kind(spec_field.kind):
+        if len(value) > REFERENCE_LIMITS.for_kind(spec_field.kind):
             longest = max(longest, len(value))
+    if arguments > REFERENCE_LIMITS.max_line:
+        return max(longest, arguments)
     return longest
 
 

@@ -270,7 +270,7 @@ def judge(
             Verdict(
                 FindingClass.CRASH,
                 crash_signature(crash_log, state.detail),
-                f"the target died during the case ({state.detail})",
+                f"the target died {_last_words(observation)}({state.detail})",
                 {"exit": state.detail, **({"log": crash_log[-3000:]} if crash_log else {})},
             )
         )
@@ -305,6 +305,17 @@ def judge(
     for obs in observation.conns.values():
         verdicts.extend(judge_connection(obs, owner))
     return verdicts
+
+
+def _last_words(observation: Observation) -> str:
+    """What the case had just sent when the server died, for the summary."""
+    for obs in reversed(list(observation.conns.values())):
+        if obs.shadow.fatal:
+            return f"after a malformed frame ({obs.shadow.fatal[:80]}) "
+        requests = [r for r in obs.shadow.requests if r.label != PROBE_LABEL]
+        if requests:
+            return f"after {_label(requests[-1])} "
+    return "during the case "
 
 
 _FRAME = re.compile(r"in (\S+)\((\+0x[0-9a-f]+)\)")

@@ -1079,6 +1079,8 @@ class Connection:
             pos, go_on = self._slow_response(src, pos)
             if not go_on:
                 break
+            # The slow path may have trimmed the finished jobs into a new dict.
+            finished = self._finished
         return pos
 
     # ------------------------------------------------------- receive: slow path

@@ -706,6 +706,25 @@ def test_ended_jobs_are_forgotten_in_halves(payload: bytes | None) -> None:
     assert client.next_event() == ev.WorkData(b"H:2099", b"late")
 
 
+def test_a_job_ended_right_after_a_trim_on_the_generic_path_is_remembered() -> None:
+    # The generic path trims the ended jobs into a new dict; a job ended on the inline
+    # path later in the same read must land in that new dict, so its late WORK_* pass.
+    client = Connection(Side.CLIENT)
+    count = 2050
+    for _ in range(count):
+        client.send(ev.SubmitJob(b"f", b"", b""))
+    client.receive_data(b"".join(raw_packet(RES, 8, [b"H:%d" % i]) for i in range(count)))
+    assert len(client.next_events()) == count
+    # gearmand's WORK_FAIL "handle\0" takes the generic path.
+    wire = b"".join(raw_packet(RES, 14, [b"H:%d\0" % i]) for i in range(count - 1))
+    wire += raw_packet(RES, 13, [b"H:%d" % (count - 1), b"done"])
+    client.receive_data(wire)
+    assert len(client.next_events()) == count
+    assert client.client_handles == frozenset()
+    client.receive_data(raw_packet(RES, 28, [b"H:%d" % (count - 1), b"late"]))
+    assert client.next_event() == ev.WorkData(b"H:%d" % (count - 1), b"late")
+
+
 def test_packet_type_of_a_bad_submission() -> None:
     with pytest.raises(ValueError, match="needs a Priority and a bool background"):
         ev.packet_type(ev.SubmitJob(b"f", b"", b"", 9))  # type: ignore[arg-type]

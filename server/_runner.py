@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+from ._store_writer import StoreWriter
 from .core import ServerCore
 from .storage import JobStore, MemoryStore, StoreBatch
 
@@ -42,10 +43,18 @@ class RunnerBase:
         self.store = store
         self.sinks: dict[Any, Sink] = {}
         self._next_id = 0
-        # A MemoryStore commits inline; other stores run in a thread.
+        # A MemoryStore commits inline; other stores run in the writer thread.
         self.inline_store = store is None or isinstance(store, MemoryStore)
         self.store_busy = False
         self.store_scheduled = False
+        self.writer: StoreWriter | None = None
+        #: Connections whose unsent output is over ``output_pause`` (reading paused),
+        #: checked against the hard cap after each write.
+        self.paused: dict[Any, Any] = {}
+        self.output_limit = core.config.output_limit
+        # How long a closed connection may take to read its last output before it is
+        # reset (a peer that stops reading must not keep its socket forever).
+        self.linger = core.config.partial_timeout or 60.0
 
     def new_conn_id(self) -> int:
         self._next_id += 1
@@ -55,6 +64,7 @@ class RunnerBase:
         """Write everything the core has for its connections; close the ones it closes."""
         core = self.core
         sinks = self.sinks
+        paused = self.paused
         for conn_id, chunks, close in core.drain():
             sink = sinks.get(conn_id)
             if sink is None:
@@ -67,12 +77,32 @@ class RunnerBase:
                         sink.write(b"".join(chunks))
                     else:
                         sink.writelines(chunks)
+                if paused and conn_id in paused:
+                    self.check_output(conn_id, sink)
             if close:
                 del sinks[conn_id]
-                sink.close()
+                self.close_sink(sink)
         if core.store_work_pending and not self.store_scheduled and not self.store_busy:
             self.store_scheduled = True
             self.schedule_store()
+
+    def close_sink(self, sink: Any) -> None:
+        """Close a connection once its output is written (runners bound the wait)."""
+        sink.close()
+
+    def check_output(self, conn_id: Any, sink: Any) -> None:
+        """Drop ``conn_id`` if its unsent output is over the hard cap (runner-specific)."""
+
+    def drop_unread(self, conn_id: Any, unsent: int) -> None:
+        """Forget a connection dropped for not reading its output."""
+        log.warning(
+            "connection %s dropped: %d bytes of output unread (limit %d)",
+            conn_id,
+            unsent,
+            self.output_limit,
+        )
+        self.paused.pop(conn_id, None)
+        self.sinks.pop(conn_id, None)
 
     # ------------------------------------------------------------------ store work
 
@@ -93,15 +123,26 @@ class RunnerBase:
             self.batch_done(batch, None)
             return
         self.store_busy = True
-        self.apply_in_thread(batch)
+        if self.writer is None:
+            assert self.store is not None
+            self.writer = StoreWriter(self.store, self.deliver_from_writer)
+        self.writer.submit(batch)
 
     def apply_batch(self, batch: StoreBatch) -> None:
         if self.store is not None:
             self.store.apply(batch)
 
-    def apply_in_thread(self, batch: StoreBatch) -> None:
-        """Run :meth:`apply_batch` off the loop, then :meth:`batch_done` on it."""
+    def deliver_from_writer(self, batch: StoreBatch, error: BaseException | None) -> None:
+        """Called in the writer thread: run :meth:`writer_done` on the loop."""
         raise NotImplementedError
+
+    def writer_done(self, batch: StoreBatch, error: BaseException | None) -> None:
+        """A batch came back from the writer thread (on the loop)."""
+        self.batch_done(batch, error)
+        if self.core.store_work_pending and not self.store_scheduled:
+            # Through the loop, so that what arrived meanwhile joins the next batch.
+            self.store_scheduled = True
+            self.schedule_store()
 
     def batch_done(self, batch: StoreBatch, error: BaseException | None) -> None:
         self.store_busy = False
@@ -113,6 +154,12 @@ class RunnerBase:
             self.core.store_failed(batch.batch_id, b"QUEUE_ERROR", now)
         self.flush()
         self.after_timers_changed()
+
+    def stop_writer(self) -> None:
+        """Stop the writer thread once the batches handed to it are applied."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.close()
 
     def after_timers_changed(self) -> None:
         """Re-arm the loop's timer from :meth:`ServerCore.next_deadline`."""

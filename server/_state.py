@@ -147,6 +147,7 @@ class Peer:
 
     __slots__ = (
         "abilities",
+        "active_at",
         "buffered",
         "client_id",
         "closing",
@@ -160,8 +161,10 @@ class Peer:
         "need",
         "noop_sent",
         "out",
+        "partial_at",
         "rotation",
         "sleeping",
+        "text",
         "timeouts",
         "working",
     )
@@ -196,6 +199,13 @@ class Peer:
         self.dirty = False
         #: Close after the output is flushed.
         self.closing = False
+        #: Unix time of the latest byte received from or handed out for this peer
+        #: (-1: not known yet), for the idle timeout.
+        self.active_at = -1.0
+        #: When the incomplete packet or line in ``buffered`` began arriving (0: none).
+        self.partial_at = 0.0
+        #: True once the peer sent an admin text line (timeouts then answer ERR).
+        self.text = False
 
     def __repr__(self) -> str:
         return f"<Peer {self.conn_id!r} {self.info.host}>"

@@ -3,8 +3,13 @@
 The protocol objects do nothing but hand bytes to the core and write what it returns,
 so the per-packet cost is the core's.  Timers use one ``loop.call_at`` handle, re-armed
 from :meth:`ServerCore.next_deadline`; store batches are applied inline for a
-:class:`MemoryStore` and in the default executor otherwise (one batch at a time,
+:class:`MemoryStore` and by the store writer thread otherwise (one batch at a time,
 gathering everything that arrived meanwhile: group commit).
+
+Output limits: a transport whose unsent output passes ``ServerConfig.output_pause``
+calls ``pause_writing``, and the connection's reading is paused until it drains; a
+connection whose unsent output passes the hard cap (``ServerConfig.output_limit``)
+is aborted.
 """
 
 from __future__ import annotations
@@ -62,7 +67,13 @@ class _ServerProtocol(asyncio.BufferedProtocol):
         self.conn_id = conn_id = runner.new_conn_id()
         runner.sinks[conn_id] = transport  # type: ignore[assignment]
         peercert = transport.get_extra_info("peercert")
-        runner.core.connect(conn_id, PeerInfo(host, port, fd, peercert))
+        pause = runner.output_pause
+        transport.set_write_buffer_limits(high=pause, low=pause // 4)  # type: ignore[attr-defined]
+        if not runner.core.connect(conn_id, PeerInfo(host, port, fd, peercert), time.time()):
+            runner.flush()  # one over the connection limit: answered and closed
+            return
+        if runner.armed_for is None:
+            runner.after_timers_changed()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._frame_view is not None:
@@ -100,17 +111,23 @@ class _ServerProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         runner = self.runner
         runner.sinks.pop(self.conn_id, None)
+        runner.paused.pop(self.conn_id, None)
         runner.core.disconnect(self.conn_id, time.time())
         runner.flush()
         runner.after_timers_changed()
         runner.connection_gone()
 
     def pause_writing(self) -> None:
-        # A peer that does not read its replies gets no more requests served.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # A peer that does not read its replies gets no more requests served; if its
+        # output keeps growing past the hard cap, flush() drops it.
+        transport = self.transport
+        if transport is not None:
+            self.runner.paused[self.conn_id] = transport
+            if not transport.is_closing():
+                transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.runner.paused.pop(self.conn_id, None)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -137,6 +154,14 @@ class AsyncioRunner(RunnerBase):
         self.flush_scheduled = False
         # One read buffer for every connection: a read is consumed before the next.
         self.scratch = memoryview(bytearray(_READ_SIZE))
+        self.output_pause = core.config.output_pause
+        # A TLS handshake is a partial packet too: it gets the same time limit.
+        self.handshake_timeout = core.config.partial_timeout or None
+
+    @property
+    def armed_for(self) -> float | None:
+        """The deadline the loop's timer is armed for, if any."""
+        return self._armed
 
     # ----------------------------------------------------------------- listening
 
@@ -155,6 +180,7 @@ class AsyncioRunner(RunnerBase):
             backlog=backlog,
             reuse_address=True,
             ssl=ssl,
+            ssl_handshake_timeout=self.handshake_timeout if ssl is not None else None,
         )
         self.servers.append(server)
 
@@ -195,14 +221,15 @@ class AsyncioRunner(RunnerBase):
         conn_id = self.new_conn_id()
         stream = MemoryStream(self, conn_id)
         self.sinks[conn_id] = stream._sink
-        self.core.connect(conn_id, PeerInfo("memory", 0, -1))
+        if not self.core.connect(conn_id, PeerInfo("memory", 0, -1), time.time()):
+            self.flush()
+        self.after_timers_changed()
         return stream
 
     def deferred_flush(self) -> None:
         self.flush_scheduled = False
         self.flush()
-        core = self.core
-        if core._epochs or core._timeouts:
+        if self.core.has_timers:
             self.after_timers_changed()
 
     # --------------------------------------------------------------------- timers
@@ -233,16 +260,23 @@ class AsyncioRunner(RunnerBase):
     def schedule_store(self) -> None:
         self.loop.call_soon(self.run_store)
 
-    def apply_in_thread(self, batch: StoreBatch) -> None:
-        future = self.loop.run_in_executor(None, self.apply_batch, batch)
+    def deliver_from_writer(self, batch: StoreBatch, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+            self.loop.call_soon_threadsafe(self.writer_done, batch, error)
 
-        def done(fut: asyncio.Future[None]) -> None:
-            self.batch_done(batch, fut.exception())
-            if self.core.store_work_pending and not self.store_scheduled:
-                self.store_scheduled = True
-                self.schedule_store()
+    # ------------------------------------------------------------ output limits
 
-        future.add_done_callback(done)
+    def close_sink(self, sink: Any) -> None:
+        sink.close()
+        unsent = getattr(sink, "get_write_buffer_size", None)
+        if unsent is not None and unsent():
+            self.loop.call_later(self.linger, _abort, sink)
+
+    def check_output(self, conn_id: Any, sink: Any) -> None:
+        unsent = sink.get_write_buffer_size()
+        if unsent > self.output_limit:
+            self.drop_unread(conn_id, unsent)
+            sink.abort()
 
     # ---------------------------------------------------------------- stopping
 
@@ -296,6 +330,8 @@ class AsyncioRunner(RunnerBase):
             if not self.store_busy:
                 break
             await asyncio.sleep(0.005)
+        if self.writer is not None:
+            await self.loop.run_in_executor(None, self.stop_writer)
         if self.store is not None and not self.store_busy:
             batch = self.core.take_store_batch()
             if batch is not None:
@@ -303,6 +339,11 @@ class AsyncioRunner(RunnerBase):
                     await self.loop.run_in_executor(None, self.apply_batch, batch)
                 except Exception as exc:  # pragma: no cover - logged, nothing to answer
                     log.error("job store failed at shutdown: %s", exc)
+
+
+def _abort(transport: Any) -> None:
+    with contextlib.suppress(Exception):
+        transport.abort()
 
 
 class _MemorySink:

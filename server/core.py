@@ -22,6 +22,7 @@ time, and CAN_DO_TIMEOUT deadlines are measured on the same clock.
 from __future__ import annotations
 
 import heapq
+import mmap as _mmap
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ from gearproto._version import __version__
 from . import _wire as wire
 from ._handles import HandleMaker
 from ._state import Function, Held, Job, JobState, Peer, PeerInfo
+from .acl import AdminAccess
 from .storage import StoreBatch, StoredJob
 
 __all__ = ["AdminGuard", "ServerConfig", "ServerCore", "Transmit", "default_admin_guard"]
@@ -58,14 +60,15 @@ _MAX_CLIENT_ID = 127
 #: :class:`~gearproto.admin.AdminError` is sent instead of running it.
 AdminGuard = Callable[[PeerInfo, Any], "_admin.AdminError | None"]
 
-_LOOPBACK = ("127.", "::1", "memory", "localhost")
+_DEFAULT_ACCESS = AdminAccess()
 
 
 def default_admin_guard(peer: PeerInfo, command: Any) -> _admin.AdminError | None:
-    """Allow everything except ``shutdown`` from other than loopback or in-memory peers."""
-    if type(command) is _admin.Shutdown and not peer.host.startswith(_LOOPBACK):
-        return _admin.AdminError(b"PERMISSION_DENIED", b"shutdown+is+only+allowed+from+loopback")
-    return None
+    """The default admin policy (:class:`~gearproto.server.acl.AdminAccess` defaults):
+    read-only commands from anyone; mutating ones (``cancel job``, ``maxqueue``,
+    ``create/drop function``, ``shutdown``) only from local peers (loopback, Unix
+    sockets, the in-memory transport)."""
+    return _DEFAULT_ACCESS.guard(peer, command)
 
 
 @dataclass
@@ -93,6 +96,53 @@ class ServerConfig:
     admin_guard: AdminGuard = default_admin_guard
     #: True when a durable store takes background jobs (see ServerCore.take_store_batch).
     durable: bool = False
+    #: Seconds a packet or admin line may take to arrive, from its first byte to its
+    #: last; then ERROR TIMEOUT (or ERR TIMEOUT) and close.  0: no limit.
+    partial_timeout: float = 60.0
+    #: Seconds a connection that holds no work (no registered function, no job it
+    #: runs or follows, no reply waiting for a commit) may go without a byte in either
+    #: direction; then ERROR TIMEOUT (ERR TIMEOUT if it spoke admin text) and close.
+    #: 0: no limit.
+    idle_timeout: float = 300.0
+    #: Connections at once; a connection beyond it gets ERROR TOO_MANY_CONNECTIONS and
+    #: is closed.  0: no limit.
+    max_connections: int = 10_000
+    #: Jobs the server holds (queued, scheduled, running); a submission that would
+    #: add one more gets ERROR QUEUE_ERROR.  0: no limit.
+    max_queued_jobs: int = 1_000_000
+    #: Payload plus unique-id bytes of the jobs the server holds; a submission that
+    #: would go beyond it gets ERROR QUEUE_ERROR.  0: no limit.
+    max_queued_bytes: int = 1 << 30
+    #: Unsent output at which the runner stops reading from a connection (bytes).
+    output_pause: int = 1 << 20
+    #: Unsent output at which a connection that does not read is dropped (bytes);
+    #: 0: twice the packet size limit plus ``output_pause`` (a largest reply fits).
+    max_output: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("partial_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+                raise ValueError(f"ServerConfig.{name} must be 0..1e9 seconds, not {value!r}")
+        for name in ("max_connections", "max_queued_jobs", "max_queued_bytes", "max_output"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"ServerConfig.{name} must be an int >= 0, not {value!r}")
+        if type(self.output_pause) is not int or self.output_pause < 1:
+            raise ValueError(
+                f"ServerConfig.output_pause must be an int >= 1, not {self.output_pause!r}"
+            )
+        if self.max_output and self.max_output < self.limits.max_packet_size + self.output_pause:
+            raise ValueError(
+                f"ServerConfig.max_output ({self.max_output}) must be at least the packet size"
+                f" limit plus output_pause ({self.limits.max_packet_size + self.output_pause}),"
+                " so that a largest reply fits"
+            )
+
+    @property
+    def output_limit(self) -> int:
+        """The effective :attr:`max_output`."""
+        return self.max_output or 2 * self.limits.max_packet_size + self.output_pause
 
 
 class Transmit(NamedTuple):
@@ -128,7 +178,7 @@ class ServerCore:
         self._timeouts: list[tuple[float, int, Job, Peer, int]] = []
         self._timeouts_limit = _MIN_TIMER_COMPACT
         self._dirty: list[Peer] = []
-        self._frame_pool: list[bytearray] = []
+        self._frame_pool: list[Any] = []
         # The latest time seen, for work done outside a timed call (drain).
         self._now = 0.0
         # Durable store work: the batch being gathered, and batches being applied.
@@ -141,6 +191,20 @@ class ServerCore:
         self._batch_helds: list[Held] = []
         self._inflight: dict[int, tuple[list[Job], list[Held], list[int]]] = {}
         self._holding: dict[Peer, None] = {}
+        # Resource limits (see ServerConfig).
+        self._partial_timeout = float(config.partial_timeout)
+        self._idle_timeout = float(config.idle_timeout)
+        self._max_connections = config.max_connections
+        self._max_jobs = config.max_queued_jobs
+        self._max_bytes = config.max_queued_bytes
+        #: Payload and unique-id bytes of every job in the tables.
+        self.queued_bytes = 0
+        # Peers in the middle of a packet or line, with when it began (insertion
+        # order is start order, so the first entry is the next to time out).
+        self._partial: dict[Peer, float] = {}
+        # Idle checks: (when to look, tiebreak, peer); one entry per connected peer,
+        # re-pushed when looked at (lazy: activity only updates ``peer.active_at``).
+        self._idle: list[tuple[float, int, Peer]] = []
         #: ``None``, ``"now"`` or ``"graceful"``: a stop the runner should carry out.
         self.stop_requested: str | None = None
         self._dispatch: dict[type[Any], Callable[[Peer, Any, float], None]] = {
@@ -202,13 +266,34 @@ class ServerCore:
 
     # ----------------------------------------------------------------- connections
 
-    def connect(self, conn_id: Any, info: PeerInfo | None = None) -> None:
-        """A connection was accepted."""
+    def connect(self, conn_id: Any, info: PeerInfo | None = None, now: float | None = None) -> bool:
+        """A connection was accepted (at ``now``, Unix time; default: the latest time
+        the core has seen).
+
+        Returns False when it is one more than ``max_connections``: it is then answered
+        ``ERROR TOO_MANY_CONNECTIONS`` and closed by the next :meth:`drain`.
+        """
         if conn_id in self._peers:
             raise ValueError(f"connection {conn_id!r} is already connected")
-        self._peers[conn_id] = Peer(
+        peer = self._peers[conn_id] = Peer(
             conn_id, info if info is not None else PeerInfo(), self.config.exceptions
         )
+        if now is not None:
+            self._now = now
+            peer.active_at = now
+        limit = self._max_connections
+        if limit and len(self._peers) > limit:
+            self._error(
+                peer,
+                b"TOO_MANY_CONNECTIONS",
+                b"The server has %d connections, its limit; try again later" % limit,
+            )
+            self._close(peer)
+            return False
+        if self._idle_timeout:
+            due = (now if now is not None else self._now) + self._idle_timeout
+            heapq.heappush(self._idle, (due, next(self._timer_seq), peer))
+        return True
 
     def disconnect(self, conn_id: Any, now: float) -> None:
         """The connection is gone (peer closed it, or the runner dropped it).
@@ -223,6 +308,8 @@ class ServerCore:
         peer.out = []
         peer.held = 0
         self._holding.pop(peer, None)
+        if peer.partial_at:
+            self._partial.pop(peer, None)
         self._unregister_all(peer, now)
         for job in list(peer.following):
             clients = job.clients
@@ -242,6 +329,7 @@ class ServerCore:
         if peer is None or peer.closing:
             return False
         self._now = now
+        peer.active_at = now
         if type(data) is not bytes:
             data = bytes(data)
         if not data:
@@ -256,8 +344,10 @@ class ServerCore:
                 return False
             buf = b"".join(buffered)
             peer.buffered = []
+            continuing = True
         else:
             buf = data
+            continuing = False
         n = len(buf)
         pos = 0
         decoders = wire.DECODERS
@@ -327,6 +417,7 @@ class ServerCore:
                         return False
                     break
                 line_end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline
+                peer.text = True
                 self._admin.run(peer, _admin.parse_command(buf[pos:line_end]), now)
                 pos = newline + 1
             if peer.closing:
@@ -338,8 +429,24 @@ class ServerCore:
             # A packet needs its header, then its body; a line needs one more byte.
             need = rest + 1 if tail[0] else (12 + unpack(tail, 0)[2] if rest >= 12 else 12)
             peer.need = need - rest
+            if (pos or not continuing) and self._partial_timeout:
+                self._begin_partial(peer, now)
             return need >= self.LARGE_FRAME and not tail[0]
+        if peer.partial_at:
+            self._end_partial(peer)
         return False
+
+    def _begin_partial(self, peer: Peer, now: float) -> None:
+        """A packet or line began arriving at ``now`` and is not complete yet."""
+        partial = self._partial
+        if peer.partial_at:
+            del partial[peer]
+        peer.partial_at = now or 1e-9
+        partial[peer] = peer.partial_at
+
+    def _end_partial(self, peer: Peer) -> None:
+        peer.partial_at = 0.0
+        self._partial.pop(peer, None)
 
     # ------------------------------------------------------------- large frames
     #
@@ -377,13 +484,17 @@ class ServerCore:
         peer.need = 0
         return memoryview(frame)[:total], filled
 
-    def _frame_buffer(self, size: int) -> bytearray:
+    def _frame_buffer(self, size: int) -> Any:
         """A buffer of at least ``size`` bytes, reused once nothing refers to it.
 
         Allocating (and zero-filling) a fresh megabyte for every big packet costs
         more than the packet's trip through the server; a payload in use keeps its
         buffer alive through the memoryview that refers to it, so a buffer whose only
         holder is the pool is free to be filled again.
+
+        A fresh buffer is an anonymous memory map, not a bytearray: its pages are
+        committed only as the packet's bytes arrive, so a header that declares a
+        big body costs memory for what is actually sent, not for what is declared.
         """
         pool = self._frame_pool
         for buffer in pool:
@@ -391,7 +502,7 @@ class ServerCore:
             if size <= len(buffer) <= 2 * size and _refcount(buffer) <= 3:
                 return buffer
         capacity = -(-size // _FRAME_ROUND) * _FRAME_ROUND
-        buffer = bytearray(capacity)
+        buffer = _mmap.mmap(-1, capacity)
         if capacity <= _POOL_MAX_BUFFER:
             if len(pool) >= _POOL_BUFFERS:
                 pool.pop(0)
@@ -404,7 +515,10 @@ class ServerCore:
         if peer is None or peer.closing:
             return
         self._now = now
-        frame: bytearray = frame_view.obj  # type: ignore[assignment]
+        peer.active_at = now
+        if peer.partial_at:
+            self._end_partial(peer)
+        frame: Any = frame_view.obj
         end = len(frame_view)
         view = frame_view.toreadonly()
         ptype = wire._unpack(frame, 0)[1]
@@ -502,8 +616,10 @@ class ServerCore:
             return []
         self._dirty = []
         result: list[Transmit] = []
+        now = self._now
         for peer in dirty:
             peer.dirty = False
+            peer.active_at = now
             if peer.held:
                 chunks = self._releasable(peer)
             else:
@@ -653,6 +769,20 @@ class ServerCore:
         if limit and function.total >= limit:
             self._error(peer, b"QUEUE_ERROR", b"Job queue is full")
             return
+        size = len(data) + len(unique)
+        if self._max_jobs and len(self._jobs) >= self._max_jobs:
+            self._error(
+                peer, b"QUEUE_ERROR", b"Server job limit reached (%d jobs)" % self._max_jobs
+            )
+            return
+        if self._max_bytes and self.queued_bytes + size > self._max_bytes:
+            self._error(
+                peer,
+                b"QUEUE_ERROR",
+                b"Server queued-bytes limit reached (%d bytes)" % self._max_bytes,
+            )
+            return
+        self.queued_bytes += size
         handle = self._new_handle()
         job = Job(handle, function, unique, data, priority, background, when, reducer)
         if key is not None:
@@ -778,6 +908,7 @@ class ServerCore:
                 if key[1] != b"-":
                     self._by_unique.setdefault(item.unique, []).append(job)
             self._jobs[handle] = job
+            self.queued_bytes += len(item.data) + len(item.unique)
             function.total += 1
             function.queued[priority] += 1
             self._make_visible(job, now)
@@ -1023,6 +1154,7 @@ class ServerCore:
             del peer.working[job]
             job.worker = None
             del self._jobs[handle]
+            self.queued_bytes -= len(job.data) + len(job.unique)
             if clients:
                 for client in clients:
                     client.following.pop(job, None)
@@ -1096,6 +1228,7 @@ class ServerCore:
         elif state is _SCHEDULED or state is _PENDING:
             function.queued[job.priority] -= 1
         del self._jobs[job.handle]
+        self.queued_bytes -= len(job.data) + len(job.unique)
         key = job.key
         if key is not None:
             if self._coalesce.get(key) is job:
@@ -1150,12 +1283,23 @@ class ServerCore:
         epochs = self._epochs
         timeouts = self._timeouts
         if epochs:
-            if timeouts:
-                return min(epochs[0][0], timeouts[0][0])
-            return epochs[0][0]
-        if timeouts:
-            return timeouts[0][0]
-        return None
+            deadline: float | None = min(epochs[0][0], timeouts[0][0]) if timeouts else epochs[0][0]
+        elif timeouts:
+            deadline = timeouts[0][0]
+        else:
+            deadline = None
+        if self._partial:
+            due = next(iter(self._partial.values())) + self._partial_timeout
+            deadline = due if deadline is None or due < deadline else deadline
+        if self._idle:
+            due = self._idle[0][0]
+            deadline = due if deadline is None or due < deadline else deadline
+        return deadline
+
+    @property
+    def has_timers(self) -> bool:
+        """True when :meth:`next_deadline` is not ``None`` (cheap to ask)."""
+        return bool(self._epochs or self._timeouts or self._partial or self._idle)
 
     def handle_timer(self, now: float) -> None:
         """Run the timers due at ``now``: epoch jobs become runnable (waking sleeping
@@ -1170,6 +1314,60 @@ class ServerCore:
             _due, _seq, job, peer, retries = heapq.heappop(timeouts)
             if job.state is _RUNNING and job.worker is peer and job.retries == retries:
                 self._take_back(job, now)
+        if self._partial:
+            self._expire_partial(now)
+        if self._idle and self._idle[0][0] <= now:
+            self._expire_idle(now)
+
+    def _expire_partial(self, now: float) -> None:
+        """Close connections whose packet or line took longer than ``partial_timeout``."""
+        partial = self._partial
+        limit = self._partial_timeout
+        seconds = b"%g" % limit
+        while partial:
+            peer, started = next(iter(partial.items()))
+            if started + limit > now:
+                return
+            self._end_partial(peer)
+            if peer.closing or self._peers.get(peer.conn_id) is not peer:
+                continue
+            head = peer.buffered[0][:1] if peer.buffered else b"\0"
+            if head == b"\0":
+                self._error(peer, b"TIMEOUT", b"Packet not completed within %s seconds" % seconds)
+            else:
+                self._out(peer, _admin.format_reply(
+                    _admin.AdminError(b"TIMEOUT", b"Line+not+completed+within+%s+seconds" % seconds)
+                ))  # fmt: skip
+            peer.buffered = []
+            self._close(peer)
+
+    def _expire_idle(self, now: float) -> None:
+        """Close connections that hold no work and were silent for ``idle_timeout``."""
+        idle = self._idle
+        limit = self._idle_timeout
+        peers = self._peers
+        while idle and idle[0][0] <= now:
+            peer = heapq.heappop(idle)[2]
+            if peer.closing or peers.get(peer.conn_id) is not peer:
+                continue
+            if peer.active_at < 0:
+                peer.active_at = now  # connected before the core knew the time
+            due = peer.active_at + limit
+            if due > now:
+                heapq.heappush(idle, (due, next(self._timer_seq), peer))
+                continue
+            if peer.funcs or peer.working or peer.following or peer.held or peer.partial_at:
+                # It holds work: not idle.  Look again later.
+                heapq.heappush(idle, (now + limit, next(self._timer_seq), peer))
+                continue
+            seconds = b"%g" % limit
+            if peer.text:
+                self._out(peer, _admin.format_reply(
+                    _admin.AdminError(b"TIMEOUT", b"Idle+for+%s+seconds" % seconds)
+                ))  # fmt: skip
+            else:
+                self._error(peer, b"TIMEOUT", b"Idle for %s seconds" % seconds)
+            self._close(peer)
 
     # ---------------------------------------------------------------- client status
 

@@ -3,7 +3,12 @@
 One task per connection reads and feeds the core; each connection's output goes
 through a small sender task (trio streams are written with ``await``), so a slow
 reader never blocks the others.  One timer task sleeps until
-:meth:`ServerCore.next_deadline`; store batches run in a worker thread.
+:meth:`ServerCore.next_deadline`; store batches are applied by the store writer
+thread.
+
+Output limits: while a connection's unsent output is over ``ServerConfig.output_pause``
+its reader task waits (no more requests are read from it); once it is over the hard
+cap (``ServerConfig.output_limit``) the connection is dropped.
 """
 
 from __future__ import annotations
@@ -30,26 +35,45 @@ _READ_SIZE = 256 * 1024
 
 
 class _StreamSink:
-    """Queues a connection's output for its sender task."""
+    """Queues a connection's output for its sender task, counting what is unsent."""
 
-    __slots__ = ("chunks", "closed", "event")
+    __slots__ = ("chunks", "closed", "drained", "event", "limit", "overflow", "scope", "unsent")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.chunks: list[bytes] = []
         self.closed = False
         self.event = trio.Event()
+        #: Bytes queued or being sent.
+        self.unsent = 0
+        self.limit = limit
+        self.overflow = False
+        #: Set when ``unsent`` falls low again (the reader waits on it).
+        self.drained = trio.Event()
+        #: The connection's cancel scope (dropping it for not reading).
+        self.scope: trio.CancelScope | None = None
 
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
-        self.event.set()
+        self._grew(len(data))
 
     def writelines(self, chunks: list[bytes]) -> None:
         self.chunks += chunks
-        self.event.set()
+        self._grew(sum(map(len, chunks)))
 
-    def close(self) -> None:
+    def _grew(self, size: int) -> None:
+        self.unsent += size
+        self.event.set()
+        if self.unsent > self.limit and not self.overflow:
+            self.overflow = True
+            if self.scope is not None:
+                self.scope.cancel()
+
+    def close(self, linger: float = 60.0) -> None:
         self.closed = True
         self.event.set()
+        if self.unsent and self.scope is not None:
+            # A peer that does not read its last output is not waited for forever.
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + linger)
 
 
 class TrioRunner(RunnerBase):
@@ -74,6 +98,8 @@ class TrioRunner(RunnerBase):
         self._idle_check = False
         self.closing = False
         self._token = trio.lowlevel.current_trio_token()
+        self.output_pause = core.config.output_pause
+        self.handshake_timeout = core.config.partial_timeout or 60.0
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[TrioRunner]:
@@ -137,7 +163,7 @@ class TrioRunner(RunnerBase):
         if self.ssl is not None:
             served = trio.SSLStream(stream, self.ssl, server_side=True)
             try:
-                with trio.fail_after(30):
+                with trio.fail_after(self.handshake_timeout):
                     await served.do_handshake()
             except (trio.BrokenResourceError, trio.TooSlowError, OSError):
                 await trio.aclose_forcefully(stream)
@@ -147,13 +173,23 @@ class TrioRunner(RunnerBase):
 
     async def _run_connection(self, stream: Any, info: PeerInfo) -> None:
         conn_id = self.new_conn_id()
-        sink = _StreamSink()
+        sink = _StreamSink(self.output_limit)
         self.sinks[conn_id] = sink
-        self.core.connect(conn_id, info)
+        accepted = self.core.connect(conn_id, info, time.time())
         try:
             async with trio.open_nursery() as nursery:
+                sink.scope = nursery.cancel_scope
                 nursery.start_soon(self._sender, stream, sink, nursery.cancel_scope)
+                if not accepted:
+                    self.flush()  # one over the connection limit: answered and closed
+                    await trio.sleep_forever()  # until the sender has written it
+                self.after_timers_changed()
+                pause = self.output_pause
                 while True:
+                    if sink.unsent > pause:
+                        # The peer does not read its replies: serve it no more requests.
+                        sink.drained = trio.Event()
+                        await sink.drained.wait()
                     try:
                         data = await stream.receive_some(_READ_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -171,6 +207,8 @@ class TrioRunner(RunnerBase):
                 if conn_id in self.sinks:
                     sink.close()
         finally:
+            if sink.overflow:
+                self.drop_unread(conn_id, sink.unsent)
             self.sinks.pop(conn_id, None)
             self.core.disconnect(conn_id, time.time())
             self.flush()
@@ -186,12 +224,22 @@ class TrioRunner(RunnerBase):
                 sink.event = trio.Event()
                 chunks, sink.chunks = sink.chunks, []
                 if chunks:
-                    await stream.send_all(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+                    data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+                    await stream.send_all(data)
+                    sink.unsent -= len(data)
+                    if sink.unsent <= self.output_pause // 4:
+                        sink.drained.set()
                 if sink.closed and not sink.chunks:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         scope.cancel()
+
+    def close_sink(self, sink: Any) -> None:
+        if isinstance(sink, _StreamSink):
+            sink.close(self.linger)
+        else:  # pragma: no cover - every trio connection has a stream sink
+            sink.close()
 
     # ------------------------------------------------------------------ in-memory
 
@@ -241,26 +289,13 @@ class TrioRunner(RunnerBase):
         while True:
             await self._store_wakeup.wait()
             self._store_wakeup = trio.Event()
-            self.store_scheduled = False
-            batch = self.core.take_store_batch()
-            if batch is None:
-                continue
-            if self.inline_store:
-                self.apply_batch(batch)
-                self.batch_done(batch, None)
-                continue
-            self.store_busy = True
-            error: BaseException | None = None
-            try:
-                await trio.to_thread.run_sync(self.apply_batch, batch)
-            except Exception as exc:
-                error = exc
-            self.batch_done(batch, error)
-            if self.core.store_work_pending:
-                self._store_wakeup.set()
+            # After a checkpoint, so that what other tasks have read joins the batch.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            self.run_store()
 
-    def apply_in_thread(self, batch: StoreBatch) -> None:  # pragma: no cover - unused
-        raise NotImplementedError
+    def deliver_from_writer(self, batch: StoreBatch, error: BaseException | None) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self.writer_done, batch, error)
 
     # ----------------------------------------------------------------- stopping
 
@@ -306,7 +341,12 @@ class TrioRunner(RunnerBase):
                 await listener.aclose()
         for sink in list(self.sinks.values()):
             sink.close()
-        if self.store is not None:
+        with trio.move_on_after(5):
+            while self.store_busy:  # noqa: ASYNC110 - shutdown only, bounded
+                await trio.sleep(0.005)
+        if self.writer is not None:
+            await trio.to_thread.run_sync(self.stop_writer)
+        if self.store is not None and not self.store_busy:
             batch = self.core.take_store_batch()
             if batch is not None:
                 try:

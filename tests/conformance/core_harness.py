@@ -26,7 +26,7 @@ class Harness:
     def connect(self, cid: int, host: str = "127.0.0.1") -> int:
         self.clients[cid] = Connection(Side.CLIENT)
         self.raw[cid] = b""
-        self.core.connect(cid, PeerInfo(host, 40000 + cid, 100 + cid))
+        self.core.connect(cid, PeerInfo(host, 40000 + cid, 100 + cid), self.now)
         return cid
 
     def send(self, cid: int, *events: Any) -> None:

@@ -23,7 +23,9 @@ An allow-list is a comma-separated list of entries:
   with ``subject:`` again (the prefix may be left out on the first one); ``\\,``
   escapes a comma inside a value;
 * ``local``: the local peers above (always included, unless ``none`` is given);
-* ``any``: every peer; ``none``: no peer at all, not even local ones.
+* ``any``: every peer;
+* ``none``: not the local peers: alone, no peer at all; with addresses or subjects,
+  only those (``none,10.0.0.7``: that host, and not even loopback).
 
 Certificate subjects only exist under mutual TLS (``--ssl-ca-file``); see
 :mod:`gearproto.server.tls`.
@@ -155,9 +157,9 @@ class AllowList:
         subjects: list[frozenset[tuple[str, str]]] = []
         local = True
         allow_any = False
-        keywords = {entry.lower() for entry in entries if entry.lower() in ("none", "any")}
-        if len(keywords) > 1 or (keywords and len(entries) > 1 and "none" in keywords):
-            raise AllowListError(f"{option}: 'none' cannot be combined with other entries")
+        words = {entry.lower() for entry in entries}
+        if "none" in words and words & {"any", "local"}:
+            raise AllowListError(f"{option}: 'none' cannot be combined with 'local' or 'any'")
         for entry in entries:
             word = entry.lower()
             if word == "none":
@@ -191,13 +193,13 @@ class AllowList:
         """The list in option syntax (for logs and error texts)."""
         if self.any:
             return "any"
-        parts = ["local"] if self.local else []
+        parts = ["local"] if self.local else ["none"]
         parts += [str(network) for network in self.networks]
         parts += [
             "subject:" + ",".join(f"{n}={v}" for n, v in sorted(pattern))
             for pattern in self.subjects
         ]
-        return ",".join(parts) or "none"
+        return ",".join(parts)
 
 
 def _split(text: str, option: str) -> list[str]:

@@ -147,6 +147,13 @@ def test_none_any_and_local() -> None:
     assert everyone.refusal(cancel, "203.0.113.9") is None
     assert AdminAccess.from_options("local").refusal(cancel, "::1") is None
     assert AdminAccess.from_options([]).refusal(cancel, "::1") is None
+    # none with entries: only those, not the local peers
+    only = AdminAccess.from_options("none,127.0.0.2,10.0.0.0/8")
+    assert only.refusal(cancel, "127.0.0.2") is None
+    assert only.refusal(cancel, "10.1.2.3") is None
+    assert only.refusal(cancel, "127.0.0.1") is not None
+    assert only.refusal(cancel, "memory") is not None
+    assert only.mutating.describe() == "none,127.0.0.2/32,10.0.0.0/8"
 
 
 def test_read_only_commands_can_be_restricted() -> None:
@@ -182,7 +189,7 @@ def test_describe() -> None:
         ("subject:CN=", "subject parts are ATTRIBUTE=value"),
         ("subject:XX=1", "unknown subject attribute 'XX'"),
         ("10.0.0.1,,10.0.0.2", "empty entry"),
-        ("none,10.0.0.1", "'none' cannot be combined"),
+        ("none,local", "'none' cannot be combined with 'local' or 'any'"),
         ("none,any", "'none' cannot be combined"),
     ],
 )

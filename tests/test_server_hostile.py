@@ -58,6 +58,7 @@ HOSTILE: list[tuple[str, bytes, str]] = [
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     argv = [sys.executable, "-m", "gearproto.server", "-L", "{host}", "-p", "{port}"]
+    argv += ["--libsqlite3-db", str(tmp_path / "queue.sqlite")]  # the durable default
     proc = start_process(argv, log=tmp_path / "server.log")
     try:
         yield proc

@@ -19,6 +19,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     if GEARMAN is None or GEARADMIN is None:
         pytest.skip("gearman-tools are not installed")
     argv = [sys.executable, "-m", "gearproto.server", "-L", "{host}", "-p", "{port}"]
+    argv += ["--libsqlite3-db", str(tmp_path / "queue.sqlite")]  # the durable default
     proc = start_process(argv, log=tmp_path / "server.log")
     try:
         yield proc

@@ -29,8 +29,11 @@ pytestmark = [pytest.mark.gearmand, pytest.mark.timeout(60)]
 
 @contextmanager
 def ours(tmp_path: Path, *args: str) -> Iterator[ServerProcess]:
+    # The memory queue, as gearmand's default: a durable store would hold each
+    # background JOB_CREATED back until its commit, and scenarios compare replies step
+    # by step.
     argv = [sys.executable, "-m", "gearproto.server", "-L", "{host}", "-p", "{port}"]
-    argv += ["--job-handle-prefix", "H:test", *args]
+    argv += ["-q", "builtin", "--job-handle-prefix", "H:test", *args]
     server = start_process(argv, log=tmp_path / "ours.log")
     try:
         yield server

@@ -740,7 +740,8 @@ class Connection:
         limits = self.limits
         max_function = limits.max_function
         max_unique = limits.max_unique
-        max_number = limits.max_number
+        # Longer numbers take the slow path, where parse_int() reads them (capped).
+        max_digits = min(limits.max_number, 30)
         field_limit = self._field_limit
         fast_max = min(LARGE_BODY - 1, self._max_packet)
         new = _tuple_new
@@ -844,8 +845,8 @@ class Connection:
                             handle in worker_handles
                             and numerator.isdigit()
                             and denominator.isdigit()
-                            and len(numerator) <= max_number
-                            and len(denominator) <= max_number
+                            and len(numerator) <= max_digits
+                            and len(denominator) <= max_digits
                         ):
                             run_last = run_wlast = new(
                                 WorkStatus, (handle, int(numerator), int(denominator))

@@ -20,6 +20,7 @@ from gearproto import (
     Side,
     WorkerState,
     admin,
+    parse_int,
     raw_packet,
 )
 from gearproto import events as ev
@@ -657,6 +658,20 @@ def test_many_distinct_limits_are_fine() -> None:
         conn = Connection(Side.SERVER, limits=Limits(max_packet_size=size))
         conn.receive_data(raw_packet(REQ, 16, [b"x" * (size + 1)]))
         assert remote_error(conn).fatal
+
+
+@pytest.mark.parametrize("digits", [20, 30, 31, 35, 4400])
+def test_long_work_status_numbers_read_like_parse_int(digits: int) -> None:
+    # A server configured for long numbers reads every WORK_STATUS number the way
+    # gearmand does (atoi-like, at most 31 characters), never failing on the length.
+    worker = Connection(Side.CLIENT)
+    server = Connection(Side.SERVER, limits=Limits(max_number=6000))
+    relay(worker, server, ev.GrabJob())
+    relay(server, worker, ev.JobAssign(b"H:1", b"f", b""))
+    number = b"7" * digits
+    server.receive_data(raw_packet(REQ, 12, [b"H:1", number, number]))
+    assert server.next_event() == ev.WorkStatus(b"H:1", parse_int(number), parse_int(number))
+    assert server.next_event() is NEED_DATA
 
 
 def test_large_packets_take_the_same_path_through_the_state() -> None:

@@ -33,9 +33,9 @@ def addr(server: ServerProcess) -> str:
     return f"{server.host}:{server.port}"
 
 
-def test_asyncio_task_cancel(gearmand_server: ServerProcess) -> None:
+def test_asyncio_task_cancel(job_server: ServerProcess) -> None:
     async def main() -> None:
-        async with gp_asyncio.Client(addr(gearmand_server)) as client:
+        async with gp_asyncio.Client(addr(job_server)) as client:
             # Cancelled while waiting for the result of a job nobody runs.
             task = asyncio.create_task(client.call("nobody-runs-this", b"x"))
             while client.statistics()["handles_followed"] == 0:  # noqa: ASYNC110
@@ -55,7 +55,7 @@ def test_asyncio_task_cancel(gearmand_server: ServerProcess) -> None:
             assert clean(client.statistics())
             # The connection is still good.
             assert await client.echo(b"alive") == b"alive"
-            worker = gp_asyncio.Worker(addr(gearmand_server))
+            worker = gp_asyncio.Worker(addr(job_server))
             worker.register("later", lambda job: b"ran")
             work = asyncio.create_task(worker.work())
             assert await client.call("later", b"z") == b"ran"
@@ -83,9 +83,9 @@ def test_asyncio_cancel_before_job_created() -> None:
     asyncio.run(main())
 
 
-def test_trio_cancel_scope(gearmand_server: ServerProcess) -> None:
+def test_trio_cancel_scope(job_server: ServerProcess) -> None:
     async def main() -> None:
-        async with gp_trio.Client(addr(gearmand_server)) as client:
+        async with gp_trio.Client(addr(job_server)) as client:
             with trio.move_on_after(0.1) as scope:
                 await client.call("nobody-runs-this", b"x")
             assert scope.cancelled_caught
@@ -97,7 +97,7 @@ def test_trio_cancel_scope(gearmand_server: ServerProcess) -> None:
             job.abandon()
             assert clean(client.statistics())
             assert await client.echo(b"alive") == b"alive"
-            worker = gp_trio.Worker(addr(gearmand_server))
+            worker = gp_trio.Worker(addr(job_server))
             worker.register("later", lambda job: b"ran")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(worker.work)
@@ -121,8 +121,8 @@ def test_trio_cancel_before_job_created() -> None:
     trio.run(main)
 
 
-def test_sync_wait_timeout_and_abandon(gearmand_server: ServerProcess) -> None:
-    with gp_sync.Client(addr(gearmand_server)) as client:
+def test_sync_wait_timeout_and_abandon(job_server: ServerProcess) -> None:
+    with gp_sync.Client(addr(job_server)) as client:
         job = client.submit("later", b"y")
         with pytest.raises(TimeoutError):
             job.wait(timeout=0.05)
@@ -132,7 +132,7 @@ def test_sync_wait_timeout_and_abandon(gearmand_server: ServerProcess) -> None:
         assert clean(client.statistics())
         assert client.echo(b"alive") == b"alive"
         ran = threading.Event()
-        worker = gp_sync.Worker(addr(gearmand_server))
+        worker = gp_sync.Worker(addr(job_server))
 
         def later(job: Any) -> bytes:
             ran.set()

@@ -144,7 +144,10 @@ def test_mutual_tls(harness: Harness, mutual_tls_server: TLSRelay, pki: PKI) -> 
     assert ("commonName", "client-1") in names
     # Without a client certificate the server ends the session: a clear TLS error.
     anonymous = harness.client(
-        mutual_tls_server.address, ssl=harness.module.tls_context(pki.ca), max_attempts=1
+        mutual_tls_server.address,
+        ssl=harness.module.tls_context(pki.ca),
+        max_attempts=1,
+        exceptions=False,  # nothing sent before the echo: it is what gets refused
     )
     with pytest.raises((ConnectError, ConnectionLost)) as refused:
         anonymous.echo(b"x", timeout=10)
@@ -155,7 +158,8 @@ def test_mutual_tls(harness: Harness, mutual_tls_server: TLSRelay, pki: PKI) -> 
 def test_plaintext_client_gets_a_clear_error_from_a_tls_port(
     harness: Harness, tls_server: TLSRelay
 ) -> None:
-    client = harness.client(tls_server.address, max_attempts=1)
+    # exceptions=False: nothing is sent on connect, so the echo is what meets the TLS port.
+    client = harness.client(tls_server.address, max_attempts=1, exceptions=False)
     started = time.monotonic()
     with pytest.raises(ConnectionLost):
         client.echo(b"in the clear", timeout=10)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.bindings import Harness, wait_until
+from helpers.bindings import Harness, job_server_process, wait_until
 from helpers.fake_server import fake_server
-from helpers.procs import ServerProcess, gearmand
+from helpers.procs import ServerProcess
 
 from gearproto.bindings._outcomes import Accepted, Completed, ExceptionRaised, Failed
 from gearproto.bindings._routing import Backoff
@@ -200,10 +200,10 @@ def test_drain_finishes_running_jobs_and_grabs_no_more(
     assert (status.known, status.running) == (True, False)
 
 
-def test_reconnect_re_registers(harness: Harness, tmp_path: Path) -> None:
+def test_reconnect_re_registers(harness: Harness, job_server_kind: str, tmp_path: Path) -> None:
     first_dir = tmp_path / "a"
     first_dir.mkdir()
-    with gearmand(first_dir) as first:
+    with job_server_process(job_server_kind, first_dir) as first:
         port = first.port
         worker = harness.worker(
             addr(first), {"again": lambda job: b"pong"}, backoff=FAST, client_id="w-reconnect"
@@ -213,30 +213,16 @@ def test_reconnect_re_registers(harness: Harness, tmp_path: Path) -> None:
     # Same port, new server: the worker must reconnect and register its functions again.
     second_dir = tmp_path / "b"
     second_dir.mkdir()
-    restarted = _restart_on_port(second_dir, port)
-    try:
-        client2 = harness.client(f"127.0.0.1:{port}")
-        assert client2.submit("again", timeout=10).result() == b"pong"
-        admin = harness.admin(f"127.0.0.1:{port}")
-        rows = [r for r in admin.workers().rows if r.client_id == b"w-reconnect"]
-        assert rows
-        assert rows[0].functions == (b"again",)
-    finally:
-        worker.stop()
-        restarted.stop()
-
-
-def _restart_on_port(directory: Path, port: int) -> Any:
-    from helpers.procs import GEARMAND, ServerProcess, wait_listening
-
-    assert GEARMAND is not None
-    log = directory / "restart.log"
-    argv = [GEARMAND, "-L", "127.0.0.1", "-p", str(port), "-l", "stderr", "--verbose", "ERROR"]
-    argv += ["-P", str(directory / "restart.pid")]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    assert wait_listening("127.0.0.1", port, proc, 10)
-    return ServerProcess("127.0.0.1", port, proc, log, argv)
+    with job_server_process(job_server_kind, second_dir, port=port):
+        try:
+            client2 = harness.client(f"127.0.0.1:{port}")
+            assert client2.submit("again", timeout=10).result() == b"pong"
+            admin = harness.admin(f"127.0.0.1:{port}")
+            rows = [r for r in admin.workers().rows if r.client_id == b"w-reconnect"]
+            assert rows
+            assert rows[0].functions == (b"again",)
+        finally:
+            worker.stop()
 
 
 SIGTERM_SCRIPT = """

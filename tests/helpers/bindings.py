@@ -14,8 +14,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -23,6 +26,7 @@ import trio
 import gearproto.bindings.asyncio as gp_asyncio
 import gearproto.bindings.sync as gp_sync
 import gearproto.bindings.trio as gp_trio
+from helpers.procs import GEARMAND, ServerProcess, start_process, wait_listening
 
 BINDINGS = ["sync", "asyncio", "trio"]
 CALL_TIMEOUT = 30.0
@@ -381,13 +385,61 @@ def gate() -> tuple[threading.Event, Callable[[float], bool]]:
     return event, event.wait
 
 
+# ------------------------------------------------------------------ job servers
+
+#: The job servers the binding suites run against: the real gearmand, and ours.
+SERVER_KINDS = ["gearmand", "gearproto"]
+
+
+def server_argv(kind: str, directory: Path, *args: str) -> list[str]:
+    """The command line of a server of ``kind`` (``{host}``/``{port}`` to fill in)."""
+    if kind == "gearmand":
+        if GEARMAND is None:
+            raise RuntimeError("gearmand is not installed (apt-get install gearman-job-server)")
+        argv = [GEARMAND, "-L", "{host}", "-p", "{port}", "-l", "stderr", "--verbose", "ERROR"]
+        argv += ["--job-handle-prefix", "H:test"]
+    elif kind == "gearproto":
+        # Our server as users run it: default options (memory queue, random handles).
+        argv = [sys.executable, "-m", "gearproto.server", "-L", "{host}", "-p", "{port}"]
+        argv += ["-l", "stderr", "--verbose", "ERROR"]
+    else:
+        raise ValueError(f"unknown job server kind {kind!r}")
+    return [*argv, "-P", str(directory / f"{kind}.pid"), *args]
+
+
+@contextlib.contextmanager
+def job_server_process(
+    kind: str, directory: Path, *args: str, port: int | None = None
+) -> Iterator[ServerProcess]:
+    """Run a job server of ``kind`` on a free loopback port (or ``port``) for the block."""
+    argv = server_argv(kind, directory, *args)
+    log = directory / f"{kind}.log"
+    if port is None:
+        server = start_process(argv, log=log)
+    else:
+        argv = [a.format(host="127.0.0.1", port=port) for a in argv]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        server = ServerProcess("127.0.0.1", port, proc, log, argv)
+        if not wait_listening("127.0.0.1", port, proc, 10):
+            server.stop()
+            raise RuntimeError(f"{kind} did not start on port {port}: {log.read_text()[-2000:]}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 __all__ = [
     "BINDINGS",
+    "SERVER_KINDS",
     "Harness",
     "Proxy",
     "WorkerHandle",
     "concurrent",
     "gate",
+    "job_server_process",
+    "server_argv",
     "wait_until",
 ]
 

@@ -20,6 +20,11 @@ __all__ = ["RunnerBase", "Sink"]
 
 log = logging.getLogger("gearproto.server")
 
+# Batches handed to the store writer at once: one being committed and one waiting, so
+# the writer starts the next commit the moment one ends (without a round trip through
+# the event loop), while everything that arrives meanwhile still shares a commit.
+_STORE_DEPTH = 2
+
 # Below this many bytes, chunks are joined into one write (one syscall, one copy of
 # small data); above it they are written as they are so payloads are not copied.
 _JOIN_LIMIT = 1 << 16
@@ -45,7 +50,8 @@ class RunnerBase:
         self._next_id = 0
         # A MemoryStore commits inline; other stores run in the writer thread.
         self.inline_store = store is None or isinstance(store, MemoryStore)
-        self.store_busy = False
+        #: Batches handed to the writer thread and not yet reported back.
+        self.store_inflight = 0
         self.store_scheduled = False
         self.writer: StoreWriter | None = None
         #: Connections whose unsent output is over ``output_pause`` (reading paused),
@@ -82,7 +88,11 @@ class RunnerBase:
             if close:
                 del sinks[conn_id]
                 self.close_sink(sink)
-        if core.store_work_pending and not self.store_scheduled and not self.store_busy:
+        if (
+            core.store_work_pending
+            and not self.store_scheduled
+            and self.store_inflight < _STORE_DEPTH
+        ):
             self.store_scheduled = True
             self.schedule_store()
 
@@ -113,7 +123,7 @@ class RunnerBase:
     def run_store(self) -> None:
         """Take the gathered batch and commit it (inline, or start a thread)."""
         self.store_scheduled = False
-        if self.store_busy:
+        if self.store_inflight >= _STORE_DEPTH:
             return
         batch = self.core.take_store_batch()
         if batch is None:
@@ -122,7 +132,7 @@ class RunnerBase:
             self.apply_batch(batch)
             self.batch_done(batch, None)
             return
-        self.store_busy = True
+        self.store_inflight += 1
         if self.writer is None:
             assert self.store is not None
             self.writer = StoreWriter(self.store, self.deliver_from_writer)
@@ -136,8 +146,14 @@ class RunnerBase:
         """Called in the writer thread: run :meth:`writer_done` on the loop."""
         raise NotImplementedError
 
+    @property
+    def store_busy(self) -> bool:
+        """True while the writer thread holds batches not reported back yet."""
+        return self.store_inflight > 0
+
     def writer_done(self, batch: StoreBatch, error: BaseException | None) -> None:
         """A batch came back from the writer thread (on the loop)."""
+        self.store_inflight -= 1
         self.batch_done(batch, error)
         if self.core.store_work_pending and not self.store_scheduled:
             # Through the loop, so that what arrived meanwhile joins the next batch.
@@ -145,7 +161,6 @@ class RunnerBase:
             self.schedule_store()
 
     def batch_done(self, batch: StoreBatch, error: BaseException | None) -> None:
-        self.store_busy = False
         now = time.time()
         if error is None:
             self.core.store_committed(batch.batch_id, now)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import ssl
 import threading
@@ -91,7 +92,7 @@ _RECV_SIZE = 256 * 1024
 
 
 class _Conn:
-    __slots__ = ("scope", "sending", "session", "stream", "wake")
+    __slots__ = ("scope", "sending", "session", "socket", "stream", "wake")
 
     def __init__(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         self.stream = stream
@@ -99,6 +100,8 @@ class _Conn:
         self.session: Session | None = None
         self.wake = trio.Event()
         self.sending = False
+        #: The plain TCP socket, for writes made outside the writer task (None: TLS).
+        self.socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
 class _Driver:
@@ -136,7 +139,31 @@ class _Driver:
             conn.wake.set()
 
     def backlog(self, slot: Slot) -> None:
-        """Writes wait for the writer task (trio cannot write from synchronous code)."""
+        """Write a burst of submissions now, without waiting for the next checkpoint.
+
+        Code that submits many jobs without an ``await`` in between gives the writer
+        task no chance to run, so the server would get nothing until the burst ends.
+        Trio sockets never block, so the bytes are written to the socket here, as far
+        as it takes them; the rest goes back to the front of the outbox for the writer.
+        Only when the writer is idle (bytes stay in order), on plain TCP (TLS state
+        belongs to the stream) and while the socket is open (its descriptor could
+        otherwise be another socket's by now).
+        """
+        conn = slot.io
+        if not isinstance(conn, _Conn) or conn.sending or conn.socket is None:
+            return
+        session = conn.session
+        fd = conn.socket.fileno()
+        if session is None or not session.alive or fd < 0:
+            return
+        data = slot.take_output()
+        try:
+            sent = os.write(fd, data)
+        except OSError:
+            sent = 0  # full (or broken: the writer meets the error and reports it)
+        if sent < len(data):
+            slot.outbox.insert(0, data[sent:])
+            conn.wake.set()
 
     def timer_changed(self) -> None:
         self._timer_changed.set()

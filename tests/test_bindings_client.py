@@ -325,3 +325,50 @@ def test_asyncio_binding_runs_on_uvloop(job_server: ServerProcess) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         results = runner.run(main())
     assert results == [(b"uv-%d" % i)[::-1] for i in range(300)]
+
+
+@pytest.mark.parametrize("binding", ["asyncio", "trio"])
+def test_a_burst_of_submissions_is_written_while_it_is_made(
+    binding: str, job_server: ServerProcess
+) -> None:
+    # Submitting without an await in between gives the loop no chance to write: the
+    # bindings write such bursts as they grow.  Big payloads fill the socket, so some
+    # writes are partial and the writer task has to finish them, in order.
+    import asyncio
+
+    import trio
+
+    import gearproto.bindings.asyncio as gp_asyncio
+    import gearproto.bindings.trio as gp_trio
+
+    module: Any = gp_asyncio if binding == "asyncio" else gp_trio
+    payloads = [b"%05d" % i + bytes(range(256)) * 128 for i in range(300)]
+
+    async def echo(job: Any) -> bytes:
+        return bytes(job.data)
+
+    async def burst(client: Any) -> tuple[int, list[bytes]]:
+        jobs = [client.submit("burst-echo", data) for data in payloads]
+        waiting = sum(len(slot.outbox) for slot in client._engine.slots)
+        return waiting, [await job.result() for job in jobs]
+
+    async def main() -> tuple[int, list[bytes]]:
+        worker = module.Worker(addr(job_server), concurrency=8)
+        worker.register("burst-echo", echo)
+        async with module.Client(addr(job_server)) as client:
+            await client.echo(b"connected")
+            if binding == "asyncio":
+                work = asyncio.create_task(worker.work())
+                result = await burst(client)
+                worker.drain()
+                await work
+                return result
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.work)
+                result = await burst(client)
+                worker.drain()
+            return result
+
+    waiting, results = asyncio.run(main()) if binding == "asyncio" else trio.run(main)
+    assert waiting < 256  # handed to the socket (or the writer) during the burst
+    assert results == payloads

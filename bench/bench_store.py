@@ -19,17 +19,17 @@ Servers are command templates, ``NAME=COMMAND`` (repeatable ``--server``), with
 ``{port}``, ``{db}`` (a fresh queue file), ``{tmpdir}`` and ``{python}`` filled in.
 Runs are interleaved (repetition, then configuration, then server) and medians over
 ``--reps`` are reported, so that machine noise hits every server alike.  The default
-server is gearmand's SQLite queue::
+servers are gearmand's SQLite queue and the project's server with its (default)
+SQLite queue, on the same disk::
 
     gearmand-sqlite=/usr/sbin/gearmand -L 127.0.0.1 -p {port} -q libsqlite3
         --libsqlite3-db {db} -l {tmpdir}/gearmand.log -P {tmpdir}/gearmand.pid
-
-and the project's server is compared in the same run with e.g.::
-
-    --server 'gearproto={python} -m gearproto.server --port {port} --libsqlite3-db {db}'
+    gearproto={python} -m gearproto.server --port {port} --libsqlite3-db {db} -l none
 
 Ratios are taken against the first server, within this run.  Run from a directory on
-the disk you want to measure (``--dir``).
+the disk you want to measure (``--dir``).  Both servers commit with the same
+durability (an fsync before JOB_CREATED); a lone client that waits for each
+acknowledgement (window 1) is bounded by one fsync per job on any server.
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ from gearproto.server.sqlite_store import SQLiteStore
 from gearproto.server.storage import StoreBatch, StoredJob
 
 GEARMAND = "/usr/sbin/gearmand"
-DEFAULT_SERVER = (
+DEFAULT_SERVERS = [
     f"gearmand-sqlite={GEARMAND} -L 127.0.0.1 -p {{port}} -q libsqlite3 "
-    "--libsqlite3-db {db} -l {tmpdir}/gearmand.log --verbose ERROR -P {tmpdir}/gearmand.pid"
-)
+    "--libsqlite3-db {db} -l {tmpdir}/gearmand.log --verbose ERROR -P {tmpdir}/gearmand.pid",
+    "gearproto={python} -m gearproto.server --port {port} --libsqlite3-db {db} -l none",
+]
 SUBMIT_JOB_BG = 18
 JOB_CREATED = 8
 ERROR = 19
@@ -561,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median)")
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (disk)")
     args = parser.parse_args(argv)
-    servers = [parse_server(s) for s in (args.server or [DEFAULT_SERVER])]
+    servers = [parse_server(s) for s in (args.server or DEFAULT_SERVERS)]
     base = args.dir or Path.cwd()
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=base) as scratch:
         workdir = Path(scratch)

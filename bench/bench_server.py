@@ -189,8 +189,10 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+_OURS = [sys.executable, "-m", "gearproto.server"]
 SERVERS: dict[str, Callable[[int], list[str]]] = {
-    "gearproto": lambda port: [sys.executable, "-m", "gearproto.server", "-p", str(port)],
+    # The memory queue, like gearmand's default: this compares the servers' own work.
+    "gearproto": lambda port: [*_OURS, "-p", str(port), "-q", "builtin"],
     "gearmand": lambda port: [
         shutil.which("gearmand", path="/usr/sbin:/usr/bin") or "gearmand",
         "-t",

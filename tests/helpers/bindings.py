@@ -401,7 +401,7 @@ def server_argv(kind: str, directory: Path, *args: str) -> list[str]:
     elif kind == "gearproto":
         # Our server as users run it: default options (memory queue, random handles).
         argv = [sys.executable, "-m", "gearproto.server", "-L", "{host}", "-p", "{port}"]
-        argv += ["-l", "stderr", "--verbose", "ERROR"]
+        argv += ["-q", "builtin", "-l", "stderr", "--verbose", "ERROR"]
     else:
         raise ValueError(f"unknown job server kind {kind!r}")
     return [*argv, "-P", str(directory / f"{kind}.pid"), *args]

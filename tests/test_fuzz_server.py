@@ -17,7 +17,8 @@ from helpers.procs import ServerProcess, start_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-SERVER = [sys.executable, "-m", "gearproto.server", "-p", "{port}", "--job-handle-prefix", "H:ours"]
+SERVER = [sys.executable, "-m", "gearproto.server", "-p", "{port}", "-q", "builtin",
+          "--job-handle-prefix", "H:ours"]  # fmt: skip
 
 
 def _start(tmp_path: Path, name: str) -> ServerProcess:

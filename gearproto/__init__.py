@@ -12,6 +12,7 @@ Packet events live in :mod:`gearproto.events`, admin commands and replies in
 from . import admin, events
 from ._codec import parse_int, raw_packet
 from ._connection import (
+    IMPLEMENTATION,
     NEED_DATA,
     Connection,
     ConnectionState,
@@ -38,6 +39,7 @@ from .events import packet_type
 
 __all__ = [
     "HEADER_SIZE",
+    "IMPLEMENTATION",
     "NEED_DATA",
     "PACKETS",
     "REQ",

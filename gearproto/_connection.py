@@ -29,6 +29,7 @@ fast path has doubts about, goes through the generic, table-driven slow path.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import deque
 from collections.abc import Iterator
@@ -406,6 +407,7 @@ class Connection:
         "_max_packet",
         "_need",
         "_our_magic",
+        "_parse_loop",
         "_pending",
         "_raise_next",
         "_ready",
@@ -431,6 +433,16 @@ class Connection:
         self._their_magic = RES if side is Side.CLIENT else REQ
         # Per type: the checks of every field, and the limit of a packet's only field.
         self._checks, self._field_limit = _field_checks(self.limits)
+        # The receive loop of this side: compiled (gearproto._speedups) or Python.
+        speedups = _speedups
+        if side is Side.SERVER:
+            self._parse_loop: Any = (
+                Connection._parse_requests if speedups is None else speedups.parse_requests
+            )
+        else:
+            self._parse_loop = (
+                Connection._parse_responses if speedups is None else speedups.parse_responses
+            )
         self._max_packet = self.limits.max_packet_size
         # A server reads command lines (gearmand: 8 KiB); a client reads reply
         # lines, and a `workers` row can be much longer than that.
@@ -523,6 +535,16 @@ class Connection:
     def buffered(self) -> int:
         """Bytes received but not yet turned into events."""
         return self._size
+
+    @property
+    def implementation(self) -> str:
+        """``"c"`` if this connection parses with the compiled accelerator, else ``"python"``.
+
+        Both behave identically; see :data:`gearproto.IMPLEMENTATION`.
+        """
+        loop = self._parse_loop
+        python = loop is Connection._parse_requests or loop is Connection._parse_responses
+        return "python" if python else "c"
 
     # -------------------------------------------------------------------- receive
 
@@ -690,8 +712,7 @@ class Connection:
             return
         chunks = self._chunks
         src = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        server = self.side is Side.SERVER
-        pos = self._parse_requests(src) if server else self._parse_responses(src)
+        pos = self._parse_loop(self, src)
         self._line_wait = False
         if self._dead:
             self._chunks = []
@@ -1759,3 +1780,80 @@ _ADMIN_REPLIES: frozenset[type[Any]] = frozenset(_admin.REPLY_FOR.values()) | {
     _admin.AdminOk,
     AdminError,
 }
+
+
+# ------------------------------------------------------------------ accelerator
+
+#: Version of the table hand-over below; gearproto/_speedups.c checks it, so that a
+#: stale build of the extension is never used with newer tables.
+_SPEEDUPS_API = 1
+
+
+def _load_speedups() -> Any:
+    """The compiled receive loops (gearproto._speedups), configured; or ``None``.
+
+    ``None`` when the extension was not built (no compiler at install time), is stale,
+    or ``GEARPROTO_PURE_PYTHON`` is set to anything but ``0``: then every connection
+    runs the Python loops above, which are the reference implementation.
+    """
+    if os.environ.get("GEARPROTO_PURE_PYTHON", "0") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups as module
+    except ImportError:
+        return None
+    if getattr(module, "API_VERSION", None) != _SPEEDUPS_API:
+        return None
+    module.configure(
+        {
+            "server_branch": _SERVER_BRANCH,
+            "client_branch": _CLIENT_BRANCH,
+            "ends_job": [int(flag) for flag in _ENDS_JOB],
+            "assign_nuls": _ASSIGN_NULS,
+            "classes": _CLASS,
+            "singletons": _SINGLETON,
+            "priority_of": _PRIORITY_OF,
+            "background_of": _BACKGROUND_OF,
+            "SubmitJob": SubmitJob,
+            "SubmitReduceJob": SubmitReduceJob,
+            "EchoReq": EchoReq,
+            "EchoRes": EchoRes,
+            "WorkStatus": WorkStatus,
+            "WorkFail": WorkFail,
+            "JobCreated": JobCreated,
+            "StatusRes": StatusRes,
+            "OptionRes": OptionRes,
+            "OptionReq": OptionReq,
+            "GetStatus": GetStatus,
+            "submit_classes": _SUBMIT_CLASSES,
+            "grab_classes": _GRAB_CLASSES,
+            "replies_to": _REPLIES,
+            "noop": _NOOP,
+            "no_job": _NO_JOB,
+            "large_body": LARGE_BODY,
+            "finished_max": 2 * _FINISHED_KEPT,
+            "req": REQ,
+            "res": RES,
+        }
+    )
+    return module
+
+
+# The accelerator new connections use (None: the Python loops).  Tests swap it to
+# run one suite against both implementations.
+_speedups: Any = _load_speedups()
+
+
+def _use_python_loops(conn: Connection) -> Connection:
+    """Make ``conn`` parse with the Python loops (the reference), whatever is built.
+
+    For differential tests and the fuzzer, which run both implementations side by
+    side; call it on a fresh connection.
+    """
+    server = conn.side is Side.SERVER
+    conn._parse_loop = Connection._parse_requests if server else Connection._parse_responses
+    return conn
+
+
+#: Which receive loops new connections use: ``"c"`` or ``"python"``.
+IMPLEMENTATION: Final = "python" if _speedups is None else "c"

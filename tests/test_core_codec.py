@@ -6,6 +6,7 @@ import struct
 from typing import Any, NamedTuple
 
 import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
 from helpers.core_strategies import event_for, handles
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +32,8 @@ from gearproto import (
 from gearproto import events as ev
 from gearproto._codec import decode_body, decode_slice, encode, encode_parts
 from gearproto.events import EVENT_CLASSES, SUBMIT_VARIANTS
+
+pytestmark = pytest.mark.usefixtures("core_impl")
 
 HEADER = struct.Struct(">4sII")
 

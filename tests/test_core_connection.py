@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
 
 from gearproto import (
     NEED_DATA,
@@ -24,6 +25,8 @@ from gearproto import (
     raw_packet,
 )
 from gearproto import events as ev
+
+pytestmark = pytest.mark.usefixtures("core_impl")
 
 
 def client_and_server() -> tuple[Connection, Connection]:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.usefixtures("core_impl")
+
 
 def test_demo_runs_one_job_through_the_core() -> None:
     result = subprocess.run(

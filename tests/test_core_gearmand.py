@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
 from helpers.core_wire import CoreWire
 from helpers.procs import ServerProcess
 
@@ -20,7 +21,7 @@ from gearproto import Connection, ConnectionState, Priority, Side, admin
 from gearproto import events as ev
 from gearproto.admin import AdminBadCommand, AdminError, AdminOk, format_reply, parse_command
 
-pytestmark = [pytest.mark.gearmand, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.usefixtures("core_impl"), pytest.mark.gearmand, pytest.mark.timeout(60)]
 
 HEADER = struct.Struct(">4sII")
 

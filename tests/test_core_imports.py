@@ -6,7 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
+
 import gearproto
+
+pytestmark = pytest.mark.usefixtures("core_impl")
 
 FORBIDDEN = ("socket", "select", "selectors", "asyncio", "trio", "threading", "ssl", "time")
 
@@ -20,12 +25,14 @@ print(json.dumps([loaded, public]))
 """
 
 
-def test_importing_the_core_loads_no_io_module() -> None:
+def test_importing_the_core_loads_no_io_module(core_impl: str) -> None:  # noqa: F811
     result = subprocess.run(
         [sys.executable, "-I", "-c", _PROBE], capture_output=True, text=True, check=True
     )
     loaded, _ = json.loads(result.stdout)
     assert "gearproto._connection" in loaded  # the probe did import the core
+    # GEARPROTO_PURE_PYTHON=1 keeps the compiled module from being imported at all.
+    assert ("gearproto._speedups" in loaded) is (core_impl == "c")
     bad = [m for m in loaded if m.split(".")[0] in FORBIDDEN or m.startswith("_socket")]
     assert bad == []
     # The core's own modules do not come from the bindings, server or fuzzer either.

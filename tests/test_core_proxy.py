@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
 from helpers.core_wire import CoreWire
 from helpers.procs import GEARADMIN, GEARMAN, ServerProcess
 
@@ -17,7 +18,7 @@ from gearproto import events as ev
 
 PROXY = Path(__file__).resolve().parent.parent / "docs" / "examples" / "proxy.py"
 
-pytestmark = [pytest.mark.gearmand, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.usefixtures("core_impl"), pytest.mark.gearmand, pytest.mark.timeout(90)]
 
 
 class Proxy:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gearproto import NEED_DATA, Connection, Limits, RemoteProtocolError, Side, raw_packet
 from gearproto.fuzz.selftest_core import SMALL, drive, primed
+
+pytestmark = pytest.mark.usefixtures("core_impl")
 
 _LIMITS = st.sampled_from([SMALL, Limits()])
 _SIDES = st.sampled_from([Side.CLIENT, Side.SERVER])

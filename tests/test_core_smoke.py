@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
 
 from gearproto import NEED_DATA, Connection, LocalProtocolError, RemoteProtocolError, Side
 from gearproto.events import (
@@ -15,6 +16,8 @@ from gearproto.events import (
     WorkComplete,
     WorkData,
 )
+
+pytestmark = pytest.mark.usefixtures("core_impl")
 
 
 def relay(src: Connection, dst: Connection, event: object) -> object:

@@ -12,12 +12,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from helpers.core_impl import core_impl  # noqa: F401  (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gearproto import RES, Connection, Side, _codec, _connection, admin, raw_packet
 from gearproto import events as ev
 from gearproto.fuzz.selftest_core import drive
+
+pytestmark = pytest.mark.usefixtures("core_impl")
 
 
 def outcomes(side: Side, requests: Sequence[Any], chunks: Sequence[bytes]) -> list[Any]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from helpers.core_impl import compiled_available
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from gearproto import NEED_DATA, Connection, Side, admin
 from gearproto import events as ev
+from gearproto._connection import _use_python_loops
 
 REQUESTS: list[Any] = [
     ev.SubmitJob(b"f", b"", b"fg"),
@@ -43,12 +46,19 @@ REQUESTS: list[Any] = [
 
 
 class Conversation(RuleBasedStateMachine):
+    #: Parse with the Python loops (the reference) rather than the compiled ones.
+    python_loops = True
+
     def __init__(self) -> None:
         super().__init__()
-        self.client = Connection(Side.CLIENT)
-        self.server = Connection(Side.SERVER)
+        self.client = self._connection(Side.CLIENT)
+        self.server = self._connection(Side.SERVER)
         self.received: list[Any] = []  # requests the server read, not yet answered
         self.handles = 0
+
+    def _connection(self, side: Side) -> Connection:
+        conn = Connection(side)
+        return _use_python_loops(conn) if self.python_loops else conn
 
     def _to_server(self, event: Any) -> None:
         self.server.receive_data(self.client.send(event))
@@ -153,5 +163,16 @@ class Conversation(RuleBasedStateMachine):
         assert client.worker_state is server.worker_state
 
 
-Conversation.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+class CompiledConversation(Conversation):
+    """The same conversations, parsed by the compiled accelerator."""
+
+    python_loops = False
+
+
+_SETTINGS = settings(max_examples=150, stateful_step_count=40, deadline=None)
+Conversation.TestCase.settings = _SETTINGS
+CompiledConversation.TestCase.settings = _SETTINGS
 TestConversation = Conversation.TestCase
+TestCompiledConversation = pytest.mark.skipif(
+    not compiled_available(), reason="the compiled accelerator is not built"
+)(CompiledConversation.TestCase)

@@ -1,0 +1,1543 @@
+/*
+ * gearproto._speedups: the receive loops of gearproto._connection, compiled.
+ *
+ * Connection._parse_requests (server side) and Connection._parse_responses (client
+ * side) are translated here statement by statement: the same fast-path tests in the
+ * same order, the same state changes on the Connection's own objects (its ready
+ * list, reply queue, handle sets and dicts), and every packet the Python fast path
+ * hands to the slow path is handed to the very same Python method
+ * (Connection._slow_request / _slow_response).  So errors, rarely used packet types,
+ * admin text and large bodies run the reference code, and the compiled loops only
+ * replace work whose result is fully determined by the Python fast path.
+ *
+ * The tables (event classes, branch numbers, singletons, ...) are handed over by
+ * gearproto._connection through configure() at import, so this file holds no copy of
+ * the packet table.  The Python implementation is the reference: the differential
+ * tests (tests/test_core_speedups.py) feed both the same streams.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+/* Version of the tables configure() expects (gearproto._connection._SPEEDUPS_API). */
+#define SPEEDUPS_API 1
+#define NTYPES 43 /* packet types 1..42; index 0 unused */
+#define HEADER 12
+
+/* Branch numbers of the server loop (Connection._parse_requests). */
+enum {
+    S_WORK = 1,
+    S_SUBMIT,
+    S_GRAB,
+    S_SLEEP,
+    S_ECHO,
+    S_ABILITY,
+    S_ONE_FIELD,
+    S_WORK_STATUS,
+    S_WORK_FAIL,
+    S_CLIENT_ID,
+    S_RESET,
+    S_LAST
+};
+
+/* Branch numbers of the client loop (Connection._parse_responses). */
+enum {
+    C_CREATED = 1,
+    C_WORK,
+    C_NOOP,
+    C_NOJOB,
+    C_ASSIGN,
+    C_ECHO,
+    C_WORK_STATUS,
+    C_WORK_FAIL,
+    C_STATUS,
+    C_OPTION,
+    C_LAST
+};
+
+/* ------------------------------------------------------------------ tables */
+
+static int configured = 0;
+static unsigned char server_branch[NTYPES];
+static unsigned char client_branch[NTYPES];
+static unsigned char ends_job[NTYPES];
+static unsigned char assign_nuls[NTYPES];
+static PyObject *classes[NTYPES];    /* event class per type */
+static PyObject *singletons[NTYPES]; /* event of each bodiless type, else NULL */
+static PyObject *priority_of[NTYPES];
+static PyObject *background_of[NTYPES];
+
+static PyObject *SubmitJob, *SubmitReduceJob, *EchoReq, *EchoRes, *WorkStatus,
+    *WorkFail, *JobCreated, *StatusRes, *OptionRes, *OptionReq, *GetStatus;
+static PyObject *submit_classes; /* frozenset */
+static PyObject *grab_classes;   /* frozenset */
+static PyObject *replies_to;     /* dict: request class -> frozenset of reply classes */
+static PyObject *noop_event, *no_job_event;
+static Py_ssize_t large_body;
+static Py_ssize_t finished_max;
+static unsigned long long req_base, res_base;
+
+/* Interned attribute and method names. */
+static PyObject *s_ready, *s_pending, *s_worker_handles, *s_client_handles,
+    *s_finished, *s_limits, *s_max_function, *s_max_unique, *s_max_number,
+    *s_max_handle, *s_max_text, *s_field_limit, *s_max_packet, *s_grabs,
+    *s_sleeping, *s_listing, *s_answers, *s_append, *s_pop, *s_popleft,
+    *s_push_run, *s_slow_request, *s_slow_response, *s_trim_finished;
+static PyObject *one; /* the int 1 */
+
+/* ----------------------------------------------------------------- helpers */
+
+/* A reference held in a C local, replaced like a Python assignment. */
+#define ASSIGN(var, value)         \
+    do {                           \
+        PyObject *_old = (var);    \
+        (var) = Py_NewRef(value);  \
+        Py_XDECREF(_old);          \
+    } while (0)
+
+static inline unsigned long long
+read_u64(const unsigned char *p)
+{
+    return ((unsigned long long)p[0] << 56) | ((unsigned long long)p[1] << 48) |
+           ((unsigned long long)p[2] << 40) | ((unsigned long long)p[3] << 32) |
+           ((unsigned long long)p[4] << 24) | ((unsigned long long)p[5] << 16) |
+           ((unsigned long long)p[6] << 8) | (unsigned long long)p[7];
+}
+
+static inline Py_ssize_t
+read_u32(const unsigned char *p)
+{
+    /* An unsigned 32-bit value always fits: Py_ssize_t is at least 32 bits, and on
+       32-bit platforms values >= 2**31 are clamped (they fail every size test). */
+    uint32_t v = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+                 ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+#if SIZEOF_SIZE_T < 8
+    if (v > (uint32_t)PY_SSIZE_T_MAX)
+        return PY_SSIZE_T_MAX;
+#endif
+    return (Py_ssize_t)v;
+}
+
+/* ``bytes.isdigit()``: non-empty and only ASCII digits. */
+static inline int
+is_digits(const char *p, Py_ssize_t len)
+{
+    if (len <= 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    }
+    return 1;
+}
+
+/* ``int(p[:len])`` for a string of digits (is_digits() was true). */
+static PyObject *
+digits_to_int(const char *p, Py_ssize_t len)
+{
+    if (len <= 18) {
+        unsigned long long v = 0;
+        for (Py_ssize_t i = 0; i < len; i++)
+            v = v * 10 + (unsigned long long)(p[i] - '0');
+        return PyLong_FromUnsignedLongLong(v);
+    }
+    /* Longer: exactly what int(bytes) does, digit limits included. */
+    PyObject *raw = PyBytes_FromStringAndSize(p, len);
+    if (raw == NULL)
+        return NULL;
+    PyObject *value = PyNumber_Long(raw);
+    Py_DECREF(raw);
+    return value;
+}
+
+/* A limit from Limits (a positive int, possibly beyond Py_ssize_t): clamped. */
+static int
+as_limit(PyObject *value, Py_ssize_t *out)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0 || v > (long long)PY_SSIZE_T_MAX)
+        *out = PY_SSIZE_T_MAX;
+    else if (overflow < 0 || v < -1)
+        *out = -1;
+    else
+        *out = (Py_ssize_t)v;
+    return 0;
+}
+
+static int
+attr_limit(PyObject *obj, PyObject *name, Py_ssize_t *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    int rc = as_limit(value, out);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* ``tuple.__new__(cls, items)``: an event instance; steals every item, even on error. */
+static PyObject *
+make_event(PyObject *cls, Py_ssize_t n, PyObject **items)
+{
+    PyTypeObject *type = (PyTypeObject *)cls;
+    PyObject *event = type->tp_alloc(type, n);
+    if (event == NULL) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_DECREF(items[i]);
+        return NULL;
+    }
+    int atomic = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(event, i, items[i]);
+        atomic &= !PyObject_IS_GC(items[i]);
+    }
+    /* A tuple of bytes, ints and bools cannot be part of a reference cycle; CPython's
+       collector untracks such tuples the first time it sees them.  Doing it now spares
+       each event that first traversal. */
+    if (atomic)
+        PyObject_GC_UnTrack(event);
+    return event;
+}
+
+/* An event of one bytes field, the body src[start:end]. */
+static PyObject *
+event_of_body(PyObject *cls, const char *src, Py_ssize_t start, Py_ssize_t end)
+{
+    PyObject *body = PyBytes_FromStringAndSize(src + start, end - start);
+    if (body == NULL)
+        return NULL;
+    return make_event(cls, 1, &body);
+}
+
+/* Split src[start:end] like ``bytes.split(b"\0", nuls)``: cuts[i] is where part i
+   ends (a NUL, or end for the last part).  Returns how many parts there are. */
+static inline Py_ssize_t
+split_nul(const char *src, Py_ssize_t start, Py_ssize_t end, Py_ssize_t nuls,
+          Py_ssize_t *cuts)
+{
+    Py_ssize_t parts = 0;
+    Py_ssize_t at = start;
+    while (parts < nuls) {
+        const char *nul = memchr(src + at, 0, (size_t)(end - at));
+        if (nul == NULL)
+            break;
+        cuts[parts++] = nul - src;
+        at = nul - src + 1;
+    }
+    cuts[parts++] = end;
+    return parts;
+}
+
+/* The parts of a split as new bytes objects (parts[i] = src[from_i:cuts[i]]). */
+static int
+split_parts(const char *src, Py_ssize_t start, Py_ssize_t count, const Py_ssize_t *cuts,
+            PyObject **parts)
+{
+    Py_ssize_t from = start;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        parts[i] = PyBytes_FromStringAndSize(src + from, cuts[i] - from);
+        if (parts[i] == NULL) {
+            for (Py_ssize_t j = 0; j < i; j++)
+                Py_DECREF(parts[j]);
+            return -1;
+        }
+        from = cuts[i] + 1;
+    }
+    return 0;
+}
+
+/* ``conn.attr += delta`` for an int attribute. */
+static int
+add_to_attr(PyObject *conn, PyObject *name, int delta)
+{
+    PyObject *value = PyObject_GetAttr(conn, name);
+    if (value == NULL)
+        return -1;
+    PyObject *updated =
+        delta > 0 ? PyNumber_InPlaceAdd(value, one) : PyNumber_InPlaceSubtract(value, one);
+    Py_DECREF(value);
+    if (updated == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(conn, name, updated);
+    Py_DECREF(updated);
+    return rc;
+}
+
+/* Call ``func(arg)``, dropping the result. */
+static inline int
+call_one(PyObject *func, PyObject *arg)
+{
+    PyObject *result = PyObject_CallOneArg(func, arg);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* ``[count, work, last, work_last, other_last]``: a run of requests without reply. */
+static PyObject *
+run_list(Py_ssize_t count, Py_ssize_t work, PyObject *last, PyObject *work_last,
+         PyObject *other_last)
+{
+    PyObject *c = PyLong_FromSsize_t(count);
+    if (c == NULL)
+        return NULL;
+    PyObject *w = PyLong_FromSsize_t(work);
+    if (w == NULL) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    PyObject *run = PyList_New(5);
+    if (run == NULL) {
+        Py_DECREF(c);
+        Py_DECREF(w);
+        return NULL;
+    }
+    PyList_SET_ITEM(run, 0, c);
+    PyList_SET_ITEM(run, 1, w);
+    PyList_SET_ITEM(run, 2, Py_NewRef(last));
+    PyList_SET_ITEM(run, 3, Py_NewRef(work_last));
+    PyList_SET_ITEM(run, 4, Py_NewRef(other_last));
+    return run;
+}
+
+/* ``self._push_run(last, count, work, work_last, other_last)`` */
+static int
+push_run(PyObject *conn, PyObject *last, Py_ssize_t count, Py_ssize_t work,
+         PyObject *work_last, PyObject *other_last)
+{
+    PyObject *c = PyLong_FromSsize_t(count);
+    if (c == NULL)
+        return -1;
+    PyObject *w = PyLong_FromSsize_t(work);
+    if (w == NULL) {
+        Py_DECREF(c);
+        return -1;
+    }
+    PyObject *args[6] = {conn, last, c, w, work_last, other_last};
+    PyObject *result = PyObject_VectorcallMethod(
+        s_push_run, args, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(c);
+    Py_DECREF(w);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* ``pos, go_on = self.<method>(src, pos)``; returns go_on (0/1) or -1. */
+static int
+slow_path(PyObject *conn, PyObject *method, PyObject *src, Py_ssize_t *pos)
+{
+    PyObject *at = PyLong_FromSsize_t(*pos);
+    if (at == NULL)
+        return -1;
+    PyObject *args[3] = {conn, src, at};
+    PyObject *result =
+        PyObject_VectorcallMethod(method, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(at);
+    if (result == NULL)
+        return -1;
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 2) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_TypeError, "the slow path must return (pos, go_on)");
+        return -1;
+    }
+    Py_ssize_t newpos = PyLong_AsSsize_t(PyTuple_GET_ITEM(result, 0));
+    if (newpos == -1 && PyErr_Occurred()) {
+        Py_DECREF(result);
+        return -1;
+    }
+    int go_on = PyObject_IsTrue(PyTuple_GET_ITEM(result, 1));
+    Py_DECREF(result);
+    if (go_on < 0)
+        return -1;
+    *pos = newpos;
+    return go_on;
+}
+
+static PyObject *
+get_list(PyObject *conn, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(conn, name);
+    if (value != NULL && !PyList_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "Connection.%U must be a list", name);
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+static PyObject *
+get_dict(PyObject *conn, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(conn, name);
+    if (value != NULL && !PyDict_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "Connection.%U must be a dict", name);
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+static int
+check_args(PyObject *const *args, Py_ssize_t nargs, const char *name)
+{
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "gearproto._speedups is not configured");
+        return -1;
+    }
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)", name, nargs);
+        return -1;
+    }
+    if (!PyBytes_CheckExact(args[1])) {
+        PyErr_Format(PyExc_TypeError, "%s() needs bytes, not %.100s", name,
+                     Py_TYPE(args[1])->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------- server loop */
+
+PyDoc_STRVAR(parse_requests_doc,
+             "parse_requests(conn, src) -> int\n\n"
+             "Connection._parse_requests, compiled: server side, parse the requests in\n"
+             "src into conn's ready events; returns the position reached.");
+
+static PyObject *
+parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args(args, nargs, "parse_requests") < 0)
+        return NULL;
+    PyObject *conn = args[0];
+    PyObject *srcobj = args[1];
+    const char *src = PyBytes_AS_STRING(srcobj);
+    const unsigned char *usrc = (const unsigned char *)src;
+    Py_ssize_t n = PyBytes_GET_SIZE(srcobj);
+    Py_ssize_t pos = 0;
+
+    PyObject *ready = NULL, *pending = NULL, *owe = NULL, *worker_handles = NULL,
+             *limits = NULL, *field_limit = NULL, *result = NULL;
+    PyObject *run_last = Py_NewRef(Py_None);
+    PyObject *run_wlast = Py_NewRef(Py_None);
+    PyObject *run_olast = Py_NewRef(Py_None);
+    PyObject *event = NULL;
+    Py_ssize_t run_count = 0, run_work = 0;
+    Py_ssize_t max_function, max_unique, max_number, max_packet;
+
+    if ((ready = get_list(conn, s_ready)) == NULL)
+        goto error;
+    if ((pending = PyObject_GetAttr(conn, s_pending)) == NULL)
+        goto error;
+    if ((owe = PyObject_GetAttr(pending, s_append)) == NULL)
+        goto error;
+    if ((worker_handles = PyObject_GetAttr(conn, s_worker_handles)) == NULL)
+        goto error;
+    if (!PySet_CheckExact(worker_handles)) {
+        PyErr_SetString(PyExc_TypeError, "Connection._worker_handles must be a set");
+        goto error;
+    }
+    if ((limits = PyObject_GetAttr(conn, s_limits)) == NULL)
+        goto error;
+    if (attr_limit(limits, s_max_function, &max_function) < 0 ||
+        attr_limit(limits, s_max_unique, &max_unique) < 0 ||
+        attr_limit(limits, s_max_number, &max_number) < 0 ||
+        attr_limit(conn, s_max_packet, &max_packet) < 0)
+        goto error;
+    if ((field_limit = get_list(conn, s_field_limit)) == NULL)
+        goto error;
+    if (PyList_GET_SIZE(field_limit) < NTYPES) {
+        PyErr_SetString(PyExc_TypeError, "Connection._field_limit is too short");
+        goto error;
+    }
+    Py_ssize_t fast_max = large_body - 1 < max_packet ? large_body - 1 : max_packet;
+    /* Longer numbers take the slow path, where parse_int() reads them (capped). */
+    Py_ssize_t max_digits = max_number < 30 ? max_number : 30;
+
+    /* Continue the run left at the end of the queue (see _parse_requests). */
+    Py_ssize_t queued = PyObject_Size(pending);
+    if (queued < 0)
+        goto error;
+    if (queued) {
+        PyObject *tail = PySequence_GetItem(pending, -1);
+        if (tail == NULL)
+            goto error;
+        int is_run = PyList_CheckExact(tail);
+        Py_DECREF(tail);
+        if (is_run) {
+            PyObject *run = PyObject_CallMethodNoArgs(pending, s_pop);
+            if (run == NULL)
+                goto error;
+            if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) != 5) {
+                Py_DECREF(run);
+                PyErr_SetString(PyExc_ValueError, "a queued run must have 5 items");
+                goto error;
+            }
+            run_count = PyLong_AsSsize_t(PyList_GET_ITEM(run, 0));
+            run_work = PyLong_AsSsize_t(PyList_GET_ITEM(run, 1));
+            ASSIGN(run_last, PyList_GET_ITEM(run, 2));
+            ASSIGN(run_wlast, PyList_GET_ITEM(run, 3));
+            ASSIGN(run_olast, PyList_GET_ITEM(run, 4));
+            Py_DECREF(run);
+            if (PyErr_Occurred())
+                goto error;
+        }
+    }
+
+/* Queue the run read so far as one entry (before a request that gets a reply). */
+#define FLUSH_RUN()                                                                   \
+    do {                                                                              \
+        if (run_count) {                                                              \
+            PyObject *_run = run_list(run_count, run_work, run_last, run_wlast,       \
+                                      run_olast);                                     \
+            if (_run == NULL)                                                         \
+                goto error;                                                           \
+            int _rc = call_one(owe, _run);                                            \
+            Py_DECREF(_run);                                                          \
+            if (_rc < 0)                                                              \
+                goto error;                                                           \
+            run_count = run_work = 0;                                                 \
+        }                                                                             \
+    } while (0)
+
+    while (pos < n) {
+        unsigned long long key;
+        Py_ssize_t size;
+        if (n - pos < HEADER) { /* less than a header left */
+            goto slow;
+        }
+        key = read_u64(usrc + pos);
+        size = read_u32(usrc + pos + 8);
+        /* magic and type in one test: 1..42 only for \0REQ */
+        unsigned long long ptype = key - req_base;
+        if (!(key > req_base && ptype < NTYPES && size <= fast_max))
+            goto slow;
+        Py_ssize_t start = pos + HEADER;
+        Py_ssize_t end = start + size;
+        if (end > n)
+            break;
+        switch (server_branch[ptype]) {
+        case S_WORK: { /* WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION */
+            const char *nul = memchr(src + start, 0, (size_t)size);
+            if (nul == NULL)
+                break;
+            PyObject *handle = PyBytes_FromStringAndSize(src + start, nul - (src + start));
+            if (handle == NULL)
+                goto error;
+            int held = PySet_Contains(worker_handles, handle);
+            if (held <= 0) {
+                Py_DECREF(handle);
+                if (held < 0)
+                    goto error;
+                break;
+            }
+            PyObject *data = PyBytes_FromStringAndSize(nul + 1, (src + end) - (nul + 1));
+            if (data == NULL) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            PyObject *items[2] = {Py_NewRef(handle), data};
+            event = make_event(classes[ptype], 2, items);
+            if (event == NULL) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            ASSIGN(run_last, event);
+            ASSIGN(run_wlast, event);
+            if (ends_job[ptype] && PySet_Discard(worker_handles, handle) < 0) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            Py_DECREF(handle);
+            run_count += 1;
+            run_work += 1;
+            if (PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        case S_SUBMIT: { /* SUBMIT_JOB and its five variants */
+            Py_ssize_t cuts[3];
+            if (split_nul(src, start, end, 2, cuts) != 3)
+                break; /* a NUL is missing: the slow path reports it */
+            if (cuts[0] - start > max_function || cuts[1] - (cuts[0] + 1) > max_unique)
+                break;
+            PyObject *items[5];
+            if (split_parts(src, start, 3, cuts, items) < 0)
+                goto error;
+            items[3] = Py_NewRef(priority_of[ptype]);
+            items[4] = Py_NewRef(background_of[ptype]);
+            event = make_event(SubmitJob, 5, items);
+            if (event == NULL)
+                goto error;
+            FLUSH_RUN();
+            if (call_one(owe, event) < 0 || PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        case S_GRAB: /* GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL */
+            FLUSH_RUN();
+            if (call_one(owe, singletons[ptype]) < 0 || add_to_attr(conn, s_grabs, 1) < 0 ||
+                PyObject_SetAttr(conn, s_sleeping, Py_False) < 0 ||
+                PyList_Append(ready, singletons[ptype]) < 0)
+                goto error;
+            pos = end;
+            continue;
+        case S_SLEEP: /* PRE_SLEEP */
+            ASSIGN(run_last, singletons[ptype]);
+            ASSIGN(run_olast, singletons[ptype]);
+            if (PyObject_SetAttr(conn, s_sleeping, Py_True) < 0)
+                goto error;
+            run_count += 1;
+            if (PyList_Append(ready, run_last) < 0)
+                goto error;
+            pos = end;
+            continue;
+        case S_ECHO: /* ECHO_REQ */
+            event = event_of_body(EchoReq, src, start, end);
+            if (event == NULL)
+                goto error;
+            FLUSH_RUN();
+            if (call_one(owe, event) < 0 || PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        case S_ABILITY: /* CAN_DO, CANT_DO */
+            if (size > max_function)
+                break;
+            event = event_of_body(classes[ptype], src, start, end);
+            if (event == NULL)
+                goto error;
+            ASSIGN(run_last, event);
+            ASSIGN(run_olast, event);
+            run_count += 1;
+            if (PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        case S_ONE_FIELD: { /* GET_STATUS, GET_STATUS_UNIQUE, OPTION_REQ */
+            Py_ssize_t limit;
+            if (as_limit(PyList_GET_ITEM(field_limit, ptype), &limit) < 0)
+                goto error;
+            if (size > limit)
+                break;
+            event = event_of_body(classes[ptype], src, start, end);
+            if (event == NULL)
+                goto error;
+            FLUSH_RUN();
+            if (call_one(owe, event) < 0 || PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        case S_WORK_STATUS: { /* WORK_STATUS */
+            Py_ssize_t cuts[3];
+            if (split_nul(src, start, end, 2, cuts) != 3)
+                break;
+            const char *num = src + cuts[0] + 1;
+            Py_ssize_t num_len = cuts[1] - (cuts[0] + 1);
+            const char *den = src + cuts[1] + 1;
+            Py_ssize_t den_len = end - (cuts[1] + 1);
+            if (!is_digits(num, num_len) || !is_digits(den, den_len) || num_len > max_digits ||
+                den_len > max_digits)
+                break;
+            PyObject *handle = PyBytes_FromStringAndSize(src + start, cuts[0] - start);
+            if (handle == NULL)
+                goto error;
+            int held = PySet_Contains(worker_handles, handle);
+            if (held <= 0) {
+                Py_DECREF(handle);
+                if (held < 0)
+                    goto error;
+                break;
+            }
+            PyObject *items[3] = {handle, NULL, NULL};
+            if ((items[1] = digits_to_int(num, num_len)) == NULL) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            if ((items[2] = digits_to_int(den, den_len)) == NULL) {
+                Py_DECREF(handle);
+                Py_DECREF(items[1]);
+                goto error;
+            }
+            event = make_event(WorkStatus, 3, items);
+            if (event == NULL)
+                goto error;
+            ASSIGN(run_last, event);
+            ASSIGN(run_wlast, event);
+            run_count += 1;
+            run_work += 1;
+            if (PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        case S_WORK_FAIL: { /* WORK_FAIL */
+            PyObject *handle = PyBytes_FromStringAndSize(src + start, size);
+            if (handle == NULL)
+                goto error;
+            int held = PySet_Contains(worker_handles, handle);
+            if (held <= 0) {
+                Py_DECREF(handle);
+                if (held < 0)
+                    goto error;
+                break;
+            }
+            if (PySet_Discard(worker_handles, handle) < 0) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            event = make_event(WorkFail, 1, &handle);
+            if (event == NULL)
+                goto error;
+            ASSIGN(run_last, event);
+            ASSIGN(run_wlast, event);
+            run_count += 1;
+            run_work += 1;
+            if (PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        case S_CLIENT_ID: { /* SET_CLIENT_ID */
+            Py_ssize_t limit;
+            if (as_limit(PyList_GET_ITEM(field_limit, ptype), &limit) < 0)
+                goto error;
+            if (size > limit)
+                break;
+            event = event_of_body(classes[ptype], src, start, end);
+            if (event == NULL)
+                goto error;
+            ASSIGN(run_last, event);
+            ASSIGN(run_olast, event);
+            run_count += 1;
+            if (PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        case S_RESET: /* RESET_ABILITIES */
+            ASSIGN(run_last, singletons[ptype]);
+            ASSIGN(run_olast, singletons[ptype]);
+            run_count += 1;
+            if (PyList_Append(ready, run_last) < 0)
+                goto error;
+            pos = end;
+            continue;
+        default:
+            break;
+        }
+    slow:
+        if (run_count) {
+            if (push_run(conn, run_last, run_count, run_work, run_wlast, run_olast) < 0)
+                goto error;
+            run_count = run_work = 0;
+        }
+        {
+            int go_on = slow_path(conn, s_slow_request, srcobj, &pos);
+            if (go_on < 0)
+                goto error;
+            if (!go_on)
+                break;
+        }
+    }
+#undef FLUSH_RUN
+    if (run_count) {
+        if (push_run(conn, run_last, run_count, run_work, run_wlast, run_olast) < 0)
+            goto error;
+    }
+    result = PyLong_FromSsize_t(pos);
+error:
+    Py_XDECREF(event);
+    Py_XDECREF(ready);
+    Py_XDECREF(pending);
+    Py_XDECREF(owe);
+    Py_XDECREF(worker_handles);
+    Py_XDECREF(limits);
+    Py_XDECREF(field_limit);
+    Py_XDECREF(run_last);
+    Py_XDECREF(run_wlast);
+    Py_XDECREF(run_olast);
+    return result;
+}
+
+/* ---------------------------------------------------------- client loop */
+
+/* ``if count == 1: del handles[h]; finished[h] = None (trim) else: handles[h] = count - 1``
+   -- a job's end seen by the client.  ``*finished`` is replaced after a trim. */
+static int
+job_ended(PyObject *conn, PyObject *client_handles, PyObject **finished, PyObject *handle,
+          PyObject *count)
+{
+    int is_one = PyObject_RichCompareBool(count, one, Py_EQ);
+    if (is_one < 0)
+        return -1;
+    if (is_one) {
+        if (PyDict_DelItem(client_handles, handle) < 0)
+            return -1;
+        if (PyDict_SetItem(*finished, handle, Py_None) < 0)
+            return -1;
+        if (PyDict_GET_SIZE(*finished) > finished_max) {
+            PyObject *r = PyObject_CallMethodNoArgs(conn, s_trim_finished);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+            PyObject *fresh = get_dict(conn, s_finished);
+            if (fresh == NULL)
+                return -1;
+            Py_SETREF(*finished, fresh);
+        }
+        return 0;
+    }
+    PyObject *less = PyNumber_Subtract(count, one);
+    if (less == NULL)
+        return -1;
+    int rc = PyDict_SetItem(client_handles, handle, less);
+    Py_DECREF(less);
+    return rc;
+}
+
+/* ``answers[len(ready)] = request`` */
+static inline int
+record_answer(PyObject *answers, PyObject *ready, PyObject *request)
+{
+    PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(ready));
+    if (index == NULL)
+        return -1;
+    int rc = PyDict_SetItem(answers, index, request);
+    Py_DECREF(index);
+    return rc;
+}
+
+static inline int
+is_flag(const char *p, Py_ssize_t len)
+{
+    return len == 1 && (p[0] == '0' || p[0] == '1');
+}
+
+PyDoc_STRVAR(parse_responses_doc,
+             "parse_responses(conn, src) -> int\n\n"
+             "Connection._parse_responses, compiled: client side, parse the replies in\n"
+             "src into conn's ready events; returns the position reached.");
+
+static PyObject *
+parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args(args, nargs, "parse_responses") < 0)
+        return NULL;
+    PyObject *conn = args[0];
+    PyObject *srcobj = args[1];
+    const char *src = PyBytes_AS_STRING(srcobj);
+    const unsigned char *usrc = (const unsigned char *)src;
+    Py_ssize_t n = PyBytes_GET_SIZE(srcobj);
+    Py_ssize_t pos = 0;
+
+    PyObject *ready = NULL, *answers = NULL, *pending = NULL, *popleft = NULL,
+             *client_handles = NULL, *limits = NULL, *finished = NULL, *result = NULL;
+    PyObject *event = NULL, *request = NULL;
+    Py_ssize_t max_handle, max_function, max_unique, max_text, max_packet;
+
+    if ((ready = get_list(conn, s_ready)) == NULL)
+        goto error;
+    if ((answers = get_dict(conn, s_answers)) == NULL)
+        goto error;
+    if ((pending = PyObject_GetAttr(conn, s_pending)) == NULL)
+        goto error;
+    if ((popleft = PyObject_GetAttr(pending, s_popleft)) == NULL)
+        goto error;
+    if ((client_handles = get_dict(conn, s_client_handles)) == NULL)
+        goto error;
+    if ((limits = PyObject_GetAttr(conn, s_limits)) == NULL)
+        goto error;
+    if (attr_limit(limits, s_max_handle, &max_handle) < 0 ||
+        attr_limit(limits, s_max_function, &max_function) < 0 ||
+        attr_limit(limits, s_max_unique, &max_unique) < 0 ||
+        attr_limit(limits, s_max_text, &max_text) < 0 ||
+        attr_limit(conn, s_max_packet, &max_packet) < 0)
+        goto error;
+    if ((finished = get_dict(conn, s_finished)) == NULL)
+        goto error;
+    Py_ssize_t fast_max = large_body - 1 < max_packet ? large_body - 1 : max_packet;
+
+    /* Whether an admin listing is being read: only the slow path changes it. */
+    int listing = 0;
+    {
+        PyObject *value = PyObject_GetAttr(conn, s_listing);
+        if (value == NULL)
+            goto error;
+        listing = value != Py_None;
+        Py_DECREF(value);
+    }
+
+#define POPLEFT()                                                   \
+    do {                                                            \
+        PyObject *_gone = PyObject_CallNoArgs(popleft);             \
+        if (_gone == NULL)                                          \
+            goto error;                                             \
+        Py_DECREF(_gone);                                           \
+    } while (0)
+
+    while (pos < n) {
+        unsigned long long key;
+        Py_ssize_t size;
+        if (listing || n - pos < HEADER) /* every byte of a listing is text */
+            goto slow;
+        key = read_u64(usrc + pos);
+        size = read_u32(usrc + pos + 8);
+        unsigned long long ptype = key - res_base;
+        if (!(key > res_base && ptype < NTYPES && size <= fast_max))
+            goto slow;
+        Py_ssize_t start = pos + HEADER;
+        Py_ssize_t end = start + size;
+        if (end > n)
+            break;
+        int branch = client_branch[ptype];
+        if (branch == C_WORK) { /* WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION */
+            const char *nul = memchr(src + start, 0, (size_t)size);
+            if (nul == NULL)
+                goto slow;
+            PyObject *handle = PyBytes_FromStringAndSize(src + start, nul - (src + start));
+            if (handle == NULL)
+                goto error;
+            PyObject *count = PyDict_GetItemWithError(client_handles, handle);
+            if (count == NULL) {
+                Py_DECREF(handle);
+                if (PyErr_Occurred())
+                    goto error;
+                goto slow;
+            }
+            Py_INCREF(count);
+            if (ends_job[ptype]) {
+                int rc = job_ended(conn, client_handles, &finished, handle, count);
+                if (rc < 0) {
+                    Py_DECREF(count);
+                    Py_DECREF(handle);
+                    goto error;
+                }
+            }
+            Py_DECREF(count);
+            PyObject *data = PyBytes_FromStringAndSize(nul + 1, (src + end) - (nul + 1));
+            if (data == NULL) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            PyObject *items[2] = {handle, data};
+            event = make_event(classes[ptype], 2, items);
+            if (event == NULL || PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        else if (branch == C_NOOP) {
+            if (PyObject_SetAttr(conn, s_sleeping, Py_False) < 0 ||
+                PyList_Append(ready, noop_event) < 0)
+                goto error;
+            pos = end;
+            continue;
+        }
+        else if (branch == C_WORK_STATUS) {
+            Py_ssize_t cuts[3];
+            if (split_nul(src, start, end, 2, cuts) != 3)
+                goto slow;
+            const char *num = src + cuts[0] + 1;
+            Py_ssize_t num_len = cuts[1] - (cuts[0] + 1);
+            const char *den = src + cuts[1] + 1;
+            Py_ssize_t den_len = end - (cuts[1] + 1);
+            if (!is_digits(num, num_len) || !is_digits(den, den_len) || num_len > 30 ||
+                den_len > 30)
+                goto slow;
+            PyObject *handle = PyBytes_FromStringAndSize(src + start, cuts[0] - start);
+            if (handle == NULL)
+                goto error;
+            int known = PyDict_Contains(client_handles, handle);
+            if (known <= 0) {
+                Py_DECREF(handle);
+                if (known < 0)
+                    goto error;
+                goto slow;
+            }
+            PyObject *items[3] = {handle, NULL, NULL};
+            if ((items[1] = digits_to_int(num, num_len)) == NULL) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            if ((items[2] = digits_to_int(den, den_len)) == NULL) {
+                Py_DECREF(handle);
+                Py_DECREF(items[1]);
+                goto error;
+            }
+            event = make_event(WorkStatus, 3, items);
+            if (event == NULL || PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        else if (branch == C_WORK_FAIL) {
+            PyObject *handle = PyBytes_FromStringAndSize(src + start, size);
+            if (handle == NULL)
+                goto error;
+            PyObject *count = PyDict_GetItemWithError(client_handles, handle);
+            if (count == NULL) {
+                Py_DECREF(handle);
+                if (PyErr_Occurred())
+                    goto error;
+                goto slow;
+            }
+            Py_INCREF(count);
+            int rc = job_ended(conn, client_handles, &finished, handle, count);
+            Py_DECREF(count);
+            if (rc < 0) {
+                Py_DECREF(handle);
+                goto error;
+            }
+            event = make_event(WorkFail, 1, &handle);
+            if (event == NULL || PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
+        else if (branch) {
+            /* A reply to the oldest request owed one. */
+            Py_ssize_t queued = PyObject_Size(pending);
+            if (queued < 0)
+                goto error;
+            if (queued == 0)
+                goto slow;
+            Py_XSETREF(request, PySequence_GetItem(pending, 0));
+            if (request == NULL)
+                goto error;
+            if (PyList_CheckExact(request)) {
+                /* Requests without reply before it: a reply proves they succeeded. */
+                for (;;) {
+                    queued = PyObject_Size(pending);
+                    if (queued < 0)
+                        goto error;
+                    if (queued == 0)
+                        break;
+                    PyObject *head = PySequence_GetItem(pending, 0);
+                    if (head == NULL)
+                        goto error;
+                    int is_run = PyList_CheckExact(head);
+                    Py_DECREF(head);
+                    if (!is_run)
+                        break;
+                    POPLEFT();
+                }
+                if (queued) {
+                    Py_XSETREF(request, PySequence_GetItem(pending, 0));
+                    if (request == NULL)
+                        goto error;
+                }
+                else {
+                    Py_XSETREF(request, Py_NewRef(Py_None));
+                }
+            }
+            PyObject *rclass = (PyObject *)Py_TYPE(request);
+            if (branch == C_CREATED) {
+                int is_submit = PySet_Contains(submit_classes, rclass);
+                if (is_submit < 0)
+                    goto error;
+                if (!is_submit || size > max_handle)
+                    goto slow;
+                POPLEFT();
+                PyObject *handle = PyBytes_FromStringAndSize(src + start, size);
+                if (handle == NULL)
+                    goto error;
+                /* A foreground submission (inline _is_background). */
+                int foreground = 0;
+                if (rclass == SubmitJob || rclass == SubmitReduceJob) {
+                    PyObject *bg = PySequence_GetItem(request, rclass == SubmitJob ? 4 : 5);
+                    if (bg == NULL) {
+                        Py_DECREF(handle);
+                        goto error;
+                    }
+                    int truth = PyObject_IsTrue(bg);
+                    Py_DECREF(bg);
+                    if (truth < 0) {
+                        Py_DECREF(handle);
+                        goto error;
+                    }
+                    foreground = !truth;
+                }
+                if (foreground) {
+                    PyObject *count = PyDict_GetItemWithError(client_handles, handle);
+                    PyObject *more;
+                    if (count != NULL)
+                        more = PyNumber_Add(count, one);
+                    else if (PyErr_Occurred())
+                        more = NULL;
+                    else
+                        more = Py_NewRef(one); /* 0 + 1 */
+                    if (more == NULL) {
+                        Py_DECREF(handle);
+                        goto error;
+                    }
+                    int rc = PyDict_SetItem(client_handles, handle, more);
+                    Py_DECREF(more);
+                    if (rc < 0) {
+                        Py_DECREF(handle);
+                        goto error;
+                    }
+                    if (PyDict_GET_SIZE(finished)) {
+                        int has = PyDict_Contains(finished, handle);
+                        if (has < 0 || (has && PyDict_DelItem(finished, handle) < 0)) {
+                            Py_DECREF(handle);
+                            goto error;
+                        }
+                    }
+                }
+                if (record_answer(answers, ready, request) < 0) {
+                    Py_DECREF(handle);
+                    goto error;
+                }
+                event = make_event(JobCreated, 1, &handle);
+                if (event == NULL || PyList_Append(ready, event) < 0)
+                    goto error;
+                Py_CLEAR(event);
+                pos = end;
+                continue;
+            }
+            else if (branch == C_ASSIGN) { /* JOB_ASSIGN, JOB_ASSIGN_UNIQ, JOB_ASSIGN_ALL */
+                PyObject *cls = classes[ptype];
+                int is_grab = PySet_Contains(grab_classes, rclass);
+                if (is_grab < 0)
+                    goto error;
+                if (!is_grab)
+                    goto slow;
+                PyObject *expected = PyDict_GetItemWithError(replies_to, rclass);
+                if (expected == NULL) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetObject(PyExc_KeyError, rclass);
+                    goto error;
+                }
+                int fits = PySet_Contains(expected, cls);
+                if (fits < 0)
+                    goto error;
+                if (!fits)
+                    goto slow;
+                Py_ssize_t nuls = assign_nuls[ptype];
+                Py_ssize_t cuts[5];
+                Py_ssize_t count = split_nul(src, start, end, nuls, cuts);
+                if (count != nuls + 1)
+                    goto slow;
+                Py_ssize_t len0 = cuts[0] - start;
+                Py_ssize_t len1 = cuts[1] - (cuts[0] + 1);
+                if (len0 > max_handle || len1 > max_function)
+                    goto slow;
+                if (nuls != 2 && cuts[2] - (cuts[1] + 1) > max_unique)
+                    goto slow;
+                if (nuls >= 4 && cuts[3] - (cuts[2] + 1) > max_function)
+                    goto slow;
+                PyObject *items[5];
+                if (split_parts(src, start, count, cuts, items) < 0)
+                    goto error;
+                event = make_event(cls, count, items);
+                if (event == NULL)
+                    goto error;
+                POPLEFT();
+                if (add_to_attr(conn, s_grabs, -1) < 0)
+                    goto error;
+                {
+                    PyObject *worker_handles = PyObject_GetAttr(conn, s_worker_handles);
+                    if (worker_handles == NULL)
+                        goto error;
+                    /* the event holds the handle: a borrowed reference is enough */
+                    int rc = PySet_Add(worker_handles, PyTuple_GET_ITEM(event, 0));
+                    Py_DECREF(worker_handles);
+                    if (rc < 0)
+                        goto error;
+                }
+                if (record_answer(answers, ready, request) < 0 ||
+                    PyList_Append(ready, event) < 0)
+                    goto error;
+                Py_CLEAR(event);
+                pos = end;
+                continue;
+            }
+            else if (branch == C_NOJOB) {
+                int is_grab = PySet_Contains(grab_classes, rclass);
+                if (is_grab < 0)
+                    goto error;
+                if (!is_grab)
+                    goto slow;
+                POPLEFT();
+                if (add_to_attr(conn, s_grabs, -1) < 0 ||
+                    record_answer(answers, ready, request) < 0 ||
+                    PyList_Append(ready, no_job_event) < 0)
+                    goto error;
+                pos = end;
+                continue;
+            }
+            else if (branch == C_ECHO) {
+                if (rclass != EchoReq)
+                    goto slow;
+                POPLEFT();
+                if (record_answer(answers, ready, request) < 0)
+                    goto error;
+                event = event_of_body(EchoRes, src, start, end);
+                if (event == NULL || PyList_Append(ready, event) < 0)
+                    goto error;
+                Py_CLEAR(event);
+                pos = end;
+                continue;
+            }
+            else if (branch == C_STATUS) {
+                Py_ssize_t cuts[5];
+                if (rclass != GetStatus || split_nul(src, start, end, 4, cuts) != 5)
+                    goto slow;
+                const char *known = src + cuts[0] + 1;
+                Py_ssize_t known_len = cuts[1] - (cuts[0] + 1);
+                const char *running = src + cuts[1] + 1;
+                Py_ssize_t running_len = cuts[2] - (cuts[1] + 1);
+                const char *num = src + cuts[2] + 1;
+                Py_ssize_t num_len = cuts[3] - (cuts[2] + 1);
+                const char *den = src + cuts[3] + 1;
+                Py_ssize_t den_len = end - (cuts[3] + 1);
+                if (!is_flag(known, known_len) || !is_flag(running, running_len) ||
+                    !is_digits(num, num_len) || !is_digits(den, den_len) || num_len > 30 ||
+                    den_len > 30 || cuts[0] - start > max_handle)
+                    goto slow;
+                POPLEFT();
+                if (record_answer(answers, ready, request) < 0)
+                    goto error;
+                PyObject *items[5];
+                items[0] = PyBytes_FromStringAndSize(src + start, cuts[0] - start);
+                if (items[0] == NULL)
+                    goto error;
+                items[1] = Py_NewRef(known[0] == '1' ? Py_True : Py_False);
+                items[2] = Py_NewRef(running[0] == '1' ? Py_True : Py_False);
+                if ((items[3] = digits_to_int(num, num_len)) == NULL) {
+                    Py_DECREF(items[0]);
+                    Py_DECREF(items[1]);
+                    Py_DECREF(items[2]);
+                    goto error;
+                }
+                if ((items[4] = digits_to_int(den, den_len)) == NULL) {
+                    for (int i = 0; i < 4; i++)
+                        Py_DECREF(items[i]);
+                    goto error;
+                }
+                event = make_event(StatusRes, 5, items);
+                if (event == NULL || PyList_Append(ready, event) < 0)
+                    goto error;
+                Py_CLEAR(event);
+                pos = end;
+                continue;
+            }
+            else if (branch == C_OPTION) {
+                if (rclass != OptionReq || size > max_text)
+                    goto slow;
+                POPLEFT();
+                if (record_answer(answers, ready, request) < 0)
+                    goto error;
+                event = event_of_body(OptionRes, src, start, end);
+                if (event == NULL || PyList_Append(ready, event) < 0)
+                    goto error;
+                Py_CLEAR(event);
+                pos = end;
+                continue;
+            }
+        }
+    slow: {
+        int go_on = slow_path(conn, s_slow_response, srcobj, &pos);
+        if (go_on < 0)
+            goto error;
+        if (!go_on)
+            break;
+        PyObject *value = PyObject_GetAttr(conn, s_listing);
+        if (value == NULL)
+            goto error;
+        listing = value != Py_None;
+        Py_DECREF(value);
+        /* The slow path may have replaced the finished-jobs dict (a trim). */
+        PyObject *fresh = get_dict(conn, s_finished);
+        if (fresh == NULL)
+            goto error;
+        Py_SETREF(finished, fresh);
+    }
+    }
+#undef POPLEFT
+    result = PyLong_FromSsize_t(pos);
+error:
+    Py_XDECREF(event);
+    Py_XDECREF(request);
+    Py_XDECREF(ready);
+    Py_XDECREF(answers);
+    Py_XDECREF(pending);
+    Py_XDECREF(popleft);
+    Py_XDECREF(client_handles);
+    Py_XDECREF(limits);
+    Py_XDECREF(finished);
+    return result;
+}
+
+/* ------------------------------------------------------------- configure */
+
+static int
+take_table(PyObject *tables, const char *name, PyObject **out)
+{
+    PyObject *value = PyDict_GetItemString(tables, name); /* borrowed */
+    if (value == NULL) {
+        PyErr_Format(PyExc_KeyError, "configure(): missing table %s", name);
+        return -1;
+    }
+    Py_XSETREF(*out, Py_NewRef(value));
+    return 0;
+}
+
+static int
+take_event_class(PyObject *tables, const char *name, PyObject **out)
+{
+    if (take_table(tables, name, out) < 0)
+        return -1;
+    PyObject *cls = *out;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) ||
+        ((PyTypeObject *)cls)->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        ((PyTypeObject *)cls)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_Format(PyExc_TypeError, "configure(): %s must be a NamedTuple class", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* A per-type sequence of NTYPES items. */
+static PyObject *
+per_type(PyObject *tables, const char *name)
+{
+    PyObject *value = PyDict_GetItemString(tables, name);
+    if (value == NULL) {
+        PyErr_Format(PyExc_KeyError, "configure(): missing table %s", name);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(value, name);
+    if (seq == NULL)
+        return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != NTYPES) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "configure(): %s must have %d items", name, NTYPES);
+        return NULL;
+    }
+    return seq;
+}
+
+static int
+small_ints(PyObject *tables, const char *name, unsigned char *out, long limit)
+{
+    PyObject *seq = per_type(tables, name);
+    if (seq == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < NTYPES; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (v < 0 || v > limit) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "configure(): %s[%zd] out of range", name, i);
+            return -1;
+        }
+        out[i] = (unsigned char)v;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static int
+objects(PyObject *tables, const char *name, PyObject **out, int none_is_null)
+{
+    PyObject *seq = per_type(tables, name);
+    if (seq == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < NTYPES; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_XSETREF(out[i], (none_is_null && item == Py_None) ? NULL : Py_NewRef(item));
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static int
+take_size(PyObject *tables, const char *name, Py_ssize_t *out)
+{
+    PyObject *value = PyDict_GetItemString(tables, name);
+    if (value == NULL) {
+        PyErr_Format(PyExc_KeyError, "configure(): missing table %s", name);
+        return -1;
+    }
+    Py_ssize_t v = PyLong_AsSsize_t(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int
+take_magic(PyObject *tables, const char *name, unsigned long long *out)
+{
+    PyObject *value = PyDict_GetItemString(tables, name);
+    if (value == NULL || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) != 4) {
+        PyErr_Format(PyExc_ValueError, "configure(): %s must be 4 bytes", name);
+        return -1;
+    }
+    const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(value);
+    *out = ((unsigned long long)m[0] << 56) | ((unsigned long long)m[1] << 48) |
+           ((unsigned long long)m[2] << 40) | ((unsigned long long)m[3] << 32);
+    return 0;
+}
+
+PyDoc_STRVAR(configure_doc,
+             "configure(tables) -> None\n\n"
+             "Hand over the tables of gearproto._connection (a dict); called once at its\n"
+             "import, before any parse.");
+
+static PyObject *
+configure(PyObject *Py_UNUSED(module), PyObject *tables)
+{
+    if (!PyDict_Check(tables)) {
+        PyErr_SetString(PyExc_TypeError, "configure() needs a dict");
+        return NULL;
+    }
+    configured = 0;
+    if (small_ints(tables, "server_branch", server_branch, S_LAST - 1) < 0 ||
+        small_ints(tables, "client_branch", client_branch, C_LAST - 1) < 0 ||
+        small_ints(tables, "ends_job", ends_job, 1) < 0 ||
+        small_ints(tables, "assign_nuls", assign_nuls, 255) < 0 ||
+        objects(tables, "classes", classes, 1) < 0 ||
+        objects(tables, "singletons", singletons, 1) < 0 ||
+        objects(tables, "priority_of", priority_of, 1) < 0 ||
+        objects(tables, "background_of", background_of, 1) < 0)
+        return NULL;
+    for (int t = 1; t < NTYPES; t++) {
+        if (classes[t] == NULL || !PyType_Check(classes[t]) ||
+            !PyType_IsSubtype((PyTypeObject *)classes[t], &PyTuple_Type) ||
+            ((PyTypeObject *)classes[t])->tp_basicsize != PyTuple_Type.tp_basicsize) {
+            PyErr_Format(PyExc_TypeError, "configure(): classes[%d] must be a NamedTuple", t);
+            return NULL;
+        }
+        int needs_singleton = server_branch[t] == S_GRAB || server_branch[t] == S_SLEEP ||
+                              server_branch[t] == S_RESET;
+        if (needs_singleton && singletons[t] == NULL) {
+            PyErr_Format(PyExc_ValueError, "configure(): type %d needs a singleton", t);
+            return NULL;
+        }
+        if (server_branch[t] == S_SUBMIT && (priority_of[t] == NULL || background_of[t] == NULL)) {
+            PyErr_Format(PyExc_ValueError, "configure(): type %d needs a priority", t);
+            return NULL;
+        }
+        if (client_branch[t] == C_ASSIGN && (assign_nuls[t] < 2 || assign_nuls[t] > 4)) {
+            PyErr_Format(PyExc_ValueError, "configure(): type %d: bad assignment", t);
+            return NULL;
+        }
+    }
+    if (take_event_class(tables, "SubmitJob", &SubmitJob) < 0 ||
+        take_event_class(tables, "SubmitReduceJob", &SubmitReduceJob) < 0 ||
+        take_event_class(tables, "EchoReq", &EchoReq) < 0 ||
+        take_event_class(tables, "EchoRes", &EchoRes) < 0 ||
+        take_event_class(tables, "WorkStatus", &WorkStatus) < 0 ||
+        take_event_class(tables, "WorkFail", &WorkFail) < 0 ||
+        take_event_class(tables, "JobCreated", &JobCreated) < 0 ||
+        take_event_class(tables, "StatusRes", &StatusRes) < 0 ||
+        take_event_class(tables, "OptionRes", &OptionRes) < 0 ||
+        take_event_class(tables, "OptionReq", &OptionReq) < 0 ||
+        take_event_class(tables, "GetStatus", &GetStatus) < 0 ||
+        take_table(tables, "submit_classes", &submit_classes) < 0 ||
+        take_table(tables, "grab_classes", &grab_classes) < 0 ||
+        take_table(tables, "replies_to", &replies_to) < 0 ||
+        take_table(tables, "noop", &noop_event) < 0 ||
+        take_table(tables, "no_job", &no_job_event) < 0 ||
+        take_size(tables, "large_body", &large_body) < 0 ||
+        take_size(tables, "finished_max", &finished_max) < 0 ||
+        take_magic(tables, "req", &req_base) < 0 || take_magic(tables, "res", &res_base) < 0)
+        return NULL;
+    if (!PyFrozenSet_CheckExact(submit_classes) || !PyFrozenSet_CheckExact(grab_classes) ||
+        !PyDict_CheckExact(replies_to)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure(): submit_classes and grab_classes must be frozensets, "
+                        "replies_to a dict");
+        return NULL;
+    }
+    if (large_body < 1) {
+        PyErr_SetString(PyExc_ValueError, "configure(): large_body must be positive");
+        return NULL;
+    }
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------- module */
+
+static PyMethodDef speedups_methods[] = {
+    {"configure", (PyCFunction)configure, METH_O, configure_doc},
+    {"parse_requests", (PyCFunction)(void (*)(void))parse_requests, METH_FASTCALL,
+     parse_requests_doc},
+    {"parse_responses", (PyCFunction)(void (*)(void))parse_responses, METH_FASTCALL,
+     parse_responses_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(module_doc,
+             "The receive loops of gearproto.Connection, compiled (optional accelerator).");
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT, "gearproto._speedups", module_doc, -1, speedups_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (intern(&s_ready, "_ready") < 0 || intern(&s_pending, "_pending") < 0 ||
+        intern(&s_worker_handles, "_worker_handles") < 0 ||
+        intern(&s_client_handles, "_client_handles") < 0 ||
+        intern(&s_finished, "_finished") < 0 || intern(&s_limits, "limits") < 0 ||
+        intern(&s_max_function, "max_function") < 0 ||
+        intern(&s_max_unique, "max_unique") < 0 || intern(&s_max_number, "max_number") < 0 ||
+        intern(&s_max_handle, "max_handle") < 0 || intern(&s_max_text, "max_text") < 0 ||
+        intern(&s_field_limit, "_field_limit") < 0 ||
+        intern(&s_max_packet, "_max_packet") < 0 || intern(&s_grabs, "_grabs") < 0 ||
+        intern(&s_sleeping, "_sleeping") < 0 || intern(&s_listing, "_listing") < 0 ||
+        intern(&s_answers, "_answers") < 0 || intern(&s_append, "append") < 0 ||
+        intern(&s_pop, "pop") < 0 || intern(&s_popleft, "popleft") < 0 ||
+        intern(&s_push_run, "_push_run") < 0 ||
+        intern(&s_slow_request, "_slow_request") < 0 ||
+        intern(&s_slow_response, "_slow_response") < 0 ||
+        intern(&s_trim_finished, "_trim_finished") < 0)
+        return NULL;
+    if (one == NULL && (one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(module, "API_VERSION", SPEEDUPS_API) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

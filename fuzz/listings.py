@@ -56,6 +56,25 @@ class Ownership:
 _SEPARATORS = re.compile(rb"[\x00-\x20\x7f]+")
 
 
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_BACKSLASH = re.compile(rb"\\(x[0-9A-Fa-f]{2}|[ntr0\\])")
+_BACKSLASH_CODES = {b"n": b"\n", b"t": b"\t", b"r": b"\r", b"0": b"\0", b"\\": b"\\"}
+
+
+def _unescape(shown: bytes) -> set[bytes]:
+    """``shown`` read back under the usual escaping schemes (%XX, C backslashes)."""
+    percent = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), shown)
+    backslash = _BACKSLASH.sub(
+        lambda m: (
+            bytes([int(m.group(1)[1:], 16)])
+            if m.group(1).startswith(b"x")
+            else _BACKSLASH_CODES[m.group(1)]
+        ),
+        shown,
+    )
+    return {percent, backslash}
+
+
 def _escaped_form(shown: bytes, names: set[bytes]) -> bool:
     """Whether ``shown`` renders one of ``names`` with its control bytes escaped.
 
@@ -65,6 +84,8 @@ def _escaped_form(shown: bytes, names: set[bytes]) -> bool:
     """
     if _SEPARATORS.search(shown):
         return False
+    if _unescape(shown) & names:
+        return True
     for name in names:
         parts = [p for p in _SEPARATORS.split(name) if p]
         if len(parts) < 2 or not shown.startswith(parts[0]):

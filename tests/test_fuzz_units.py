@@ -283,6 +283,10 @@ def test_forged_rows_versus_escaped_names() -> None:
     assert forged_rows(admin.Status, raw, owner)
     escaped = [b"fz_f%0Afz_fake%091%092%093\t0\t0\t1"]
     assert forged_rows(admin.Status, escaped, owner) == []
+    percent = Ownership.from_names([b"fz_"], [b"fz_f%s%n"])
+    assert forged_rows(admin.Status, [b"fz_f%25s%25n\t0\t0\t1"], percent) == []
+    assert forged_rows(admin.Status, [b"fz_f%s%n\t0\t0\t1"], percent) == []
+    assert forged_rows(admin.Status, [b"fz_other\t0\t0\t1"], percent)
     others = [b"someone_else\t1\t0\t0", b"not a row of ours"]
     assert forged_rows(admin.Status, others, owner) == []
 

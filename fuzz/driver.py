@@ -744,6 +744,30 @@ class Driver(AdminChecks):
                     " was acknowledged but a worker draining the queue never got it",
                     {"jobs": self._job_table(job.function)},
                 )
+        self._dropped_without_word(drained)
+
+    def _dropped_without_word(self, drained: list[Job]) -> None:
+        """``drop function`` may discard queued jobs, but their waiting clients must
+        hear of it (WORK_FAIL); otherwise they wait forever."""
+        waiting = {c.cid: c for c in self.clients}
+        deadline = time.monotonic() + self.t.probe
+        for job in self.model.jobs:
+            if not job.dropped or job in drained or job.finished:
+                continue
+            for cid in job.clients:
+                client = waiting.get(cid)
+                if client is None:
+                    continue
+                while not client.results.get(job.handle) and time.monotonic() < deadline:
+                    self._guard("reading a client", client.peer.poll, 0.02)
+                    self._client_events(client)
+                if not client.results.get(job.handle):
+                    raise Violation(
+                        FindingClass.LOST_JOB,
+                        "dropped-without-word",
+                        f"drop function discarded job {job.seq} ({job.function!r}); its client"
+                        f" {cid} was never told (no WORK_FAIL) and will wait forever",
+                    )
 
     def _await_results(self) -> None:
         deadline = time.monotonic() + self.t.probe

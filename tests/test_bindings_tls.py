@@ -151,8 +151,13 @@ def test_mutual_tls(harness: Harness, mutual_tls_server: TLSRelay, pki: PKI) -> 
     )
     with pytest.raises((ConnectError, ConnectionLost)) as refused:
         anonymous.echo(b"x", timeout=10)
-    assert "certificate" in str(refused.value).lower()
-    assert isinstance(_root(refused.value), ssl.SSLError) or "SSLError" in str(refused.value)
+    message = str(refused.value)
+    if harness.name == "sync" or "Reset" not in message:
+        # The server's alert says why (the blocking binding reads it even after a
+        # failed write; the async ones see a reset instead when their write of the
+        # request meets the closed connection before they read the alert).
+        assert "certificate" in message.lower()
+        assert "SSLError" in message
 
 
 def test_plaintext_client_gets_a_clear_error_from_a_tls_port(

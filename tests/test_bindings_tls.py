@@ -224,6 +224,14 @@ def test_command_line_over_tls(tls_server: TLSRelay, pki: PKI) -> None:
     out = gearproto("admin", "-p", port, "-S", "--getpid")
     assert out.returncode == 3
     assert b"certificate" in out.stderr
+    # Skipping authentication has to be asked for.
+    out = gearproto("admin", "-p", port, "--ssl-no-verify", "--getpid")
+    assert (out.returncode, out.stdout.strip().isdigit()) == (0, True)
+    out = gearproto(
+        "admin", "-p", port, "--ssl-no-verify", "--ssl-ca-file", str(pki.ca), "--status"
+    )
+    assert out.returncode == 2
+    assert b"contradict" in out.stderr
     # Bad TLS files are usage errors, before any connection.
     out = gearproto("submit", "-p", port, "--ssl-ca-file", "/nonexistent/ca.pem", "-f", "f", "x")
     assert out.returncode == 2

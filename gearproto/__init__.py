@@ -6,7 +6,9 @@ clocks or event loops.  Bindings (``gearproto.bindings``), a job server
 (``gearproto.server``) and a fuzzer (``gearproto.fuzz``) are built on it.
 
 Packet events live in :mod:`gearproto.events`, admin commands and replies in
-:mod:`gearproto.admin`.
+:mod:`gearproto.admin`.  The receive loops also exist compiled (the optional
+``gearproto._speedups`` extension, identical in behaviour); :data:`IMPLEMENTATION`
+says which ones are in use, and ``GEARPROTO_PURE_PYTHON=1`` forces the Python ones.
 """
 
 from . import admin, events

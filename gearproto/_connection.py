@@ -1786,7 +1786,11 @@ _ADMIN_REPLIES: frozenset[type[Any]] = frozenset(_admin.REPLY_FOR.values()) | {
 
 #: Version of the table hand-over below; gearproto/_speedups.c checks it, so that a
 #: stale build of the extension is never used with newer tables.
-_SPEEDUPS_API = 1
+_SPEEDUPS_API = 2
+
+# The Python next_event(): the reference, and what the compiled one defers to for
+# connections that parse with the Python loops.
+_python_next_event = Connection.next_event
 
 
 def _load_speedups() -> Any:
@@ -1804,7 +1808,7 @@ def _load_speedups() -> Any:
         return None
     if getattr(module, "API_VERSION", None) != _SPEEDUPS_API:
         return None
-    module.configure(
+    methods = module.configure(
         {
             "server_branch": _SERVER_BRANCH,
             "client_branch": _CLIENT_BRANCH,
@@ -1834,8 +1838,15 @@ def _load_speedups() -> Any:
             "finished_max": 2 * _FINISHED_KEPT,
             "req": REQ,
             "res": RES,
+            "Connection": Connection,
+            "python_next_event": _python_next_event,
+            "next_event_doc": _python_next_event.__doc__,
         }
     )
+    # The compiled next_event() reads the slots directly and needs no Python frame:
+    # most of the cost of an event once the loops are compiled.
+    for name, method in methods.items():
+        setattr(Connection, name, method)
     return module
 
 

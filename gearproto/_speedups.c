@@ -19,11 +19,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <structmember.h> /* T_OBJECT_EX */
+
 #include <stdint.h>
 #include <string.h>
 
 /* Version of the tables configure() expects (gearproto._connection._SPEEDUPS_API). */
-#define SPEEDUPS_API 1
+#define SPEEDUPS_API 2
 #define NTYPES 43 /* packet types 1..42; index 0 unused */
 #define HEADER 12
 
@@ -80,12 +82,19 @@ static Py_ssize_t large_body;
 static Py_ssize_t finished_max;
 static unsigned long long req_base, res_base;
 
+/* next_event(): the Connection class, the offsets of the slots it reads, the Python
+   implementation (for connections on the Python loops) and this module's loops. */
+static PyTypeObject *connection_type;
+static Py_ssize_t off_ri, off_ready, off_answers, off_answered, off_parse_loop;
+static PyObject *python_next_event;
+static PyObject *loop_requests, *loop_responses;
+
 /* Interned attribute and method names. */
 static PyObject *s_ready, *s_pending, *s_worker_handles, *s_client_handles,
     *s_finished, *s_limits, *s_max_function, *s_max_unique, *s_max_number,
     *s_max_handle, *s_max_text, *s_field_limit, *s_max_packet, *s_grabs,
     *s_sleeping, *s_listing, *s_answers, *s_append, *s_pop, *s_popleft,
-    *s_push_run, *s_slow_request, *s_slow_response, *s_trim_finished;
+    *s_push_run, *s_slow_request, *s_slow_response, *s_trim_finished, *s_next_event_slow;
 static PyObject *one; /* the int 1 */
 
 /* ----------------------------------------------------------------- helpers */
@@ -181,9 +190,15 @@ attr_limit(PyObject *obj, PyObject *name, Py_ssize_t *out)
     return rc;
 }
 
-/* ``tuple.__new__(cls, items)``: an event instance; steals every item, even on error. */
+/* ``tuple.__new__(cls, items)``: an event instance; steals every item, even on error.
+
+   The event is not tracked by the cycle collector when it cannot be part of a
+   cycle: its items are bytes, ints and bools (CPython's collector untracks such
+   tuples itself the first time it sees them; doing it now spares that traversal),
+   or a Priority member -- those live as long as the interpreter, so a cycle
+   through one never becomes garbage. */
 static PyObject *
-make_event(PyObject *cls, Py_ssize_t n, PyObject **items)
+make_event_tracked(PyObject *cls, Py_ssize_t n, PyObject **items, int keep_tracked)
 {
     PyTypeObject *type = (PyTypeObject *)cls;
     PyObject *event = type->tp_alloc(type, n);
@@ -197,12 +212,15 @@ make_event(PyObject *cls, Py_ssize_t n, PyObject **items)
         PyTuple_SET_ITEM(event, i, items[i]);
         atomic &= !PyObject_IS_GC(items[i]);
     }
-    /* A tuple of bytes, ints and bools cannot be part of a reference cycle; CPython's
-       collector untracks such tuples the first time it sees them.  Doing it now spares
-       each event that first traversal. */
-    if (atomic)
+    if (atomic || !keep_tracked)
         PyObject_GC_UnTrack(event);
     return event;
+}
+
+static inline PyObject *
+make_event(PyObject *cls, Py_ssize_t n, PyObject **items)
+{
+    return make_event_tracked(cls, n, items, 1);
 }
 
 /* An event of one bytes field, the body src[start:end]. */
@@ -304,6 +322,11 @@ run_list(Py_ssize_t count, Py_ssize_t work, PyObject *last, PyObject *work_last,
     PyList_SET_ITEM(run, 2, Py_NewRef(last));
     PyList_SET_ITEM(run, 3, Py_NewRef(work_last));
     PyList_SET_ITEM(run, 4, Py_NewRef(other_last));
+    /* A run only ever holds ints, None and request events (tuples of bytes, ints,
+       bools and Priority members), none of which can refer back to it: it cannot be
+       part of a cycle, and a server that has many requests queued should not pay
+       for traversing them at every collection. */
+    PyObject_GC_UnTrack(run);
     return run;
 }
 
@@ -572,9 +595,9 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             PyObject *items[5];
             if (split_parts(src, start, 3, cuts, items) < 0)
                 goto error;
-            items[3] = Py_NewRef(priority_of[ptype]);
+            items[3] = Py_NewRef(priority_of[ptype]); /* a Priority member */
             items[4] = Py_NewRef(background_of[ptype]);
-            event = make_event(SubmitJob, 5, items);
+            event = make_event_tracked(SubmitJob, 5, items, 0);
             if (event == NULL)
                 goto error;
             FLUSH_RUN();
@@ -1290,6 +1313,106 @@ error:
     return result;
 }
 
+/* ------------------------------------------------------------ next_event */
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* Connection.next_event, compiled: installed on the class as a method descriptor, so
+   ``self`` is always a Connection (or a subclass: slot offsets are inherited).  It
+   reads and writes the slots directly; anything unusual, and every connection that
+   parses with the Python loops, goes to the Python implementation. */
+static PyObject *
+next_event(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *loop = SLOT(self, off_parse_loop);
+    PyObject *ri_obj = SLOT(self, off_ri);
+    PyObject *ready = SLOT(self, off_ready);
+    PyObject *answers = SLOT(self, off_answers);
+    if ((loop != loop_requests && loop != loop_responses) || ri_obj == NULL ||
+        ready == NULL || answers == NULL || !PyLong_CheckExact(ri_obj) ||
+        !PyList_CheckExact(ready) || !PyDict_CheckExact(answers))
+        return PyObject_CallOneArg(python_next_event, self);
+    Py_ssize_t ri = PyLong_AsSsize_t(ri_obj);
+    if (ri < 0) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_CallOneArg(python_next_event, self);
+    }
+    if (ri >= PyList_GET_SIZE(ready))
+        return PyObject_CallMethodNoArgs(self, s_next_event_slow);
+    /* self._ri = ri + 1; self.answered = answers.pop(ri) if ri in answers else None */
+    PyObject *next_ri = PyLong_FromSsize_t(ri + 1);
+    if (next_ri == NULL)
+        return NULL;
+    PyObject *answered = NULL;
+    if (PyDict_GET_SIZE(answers)) {
+        answered = PyDict_GetItemWithError(answers, ri_obj);
+        if (answered != NULL) {
+            Py_INCREF(answered);
+            if (PyDict_DelItem(answers, ri_obj) < 0) {
+                Py_DECREF(answered);
+                Py_DECREF(next_ri);
+                return NULL;
+            }
+        }
+        else if (PyErr_Occurred()) {
+            Py_DECREF(next_ri);
+            return NULL;
+        }
+    }
+    if (answered == NULL)
+        answered = Py_NewRef(Py_None);
+    PyObject *event = Py_NewRef(PyList_GET_ITEM(ready, ri));
+    PyObject *old_ri = SLOT(self, off_ri);
+    PyObject *old_answered = SLOT(self, off_answered);
+    SLOT(self, off_ri) = next_ri;
+    SLOT(self, off_answered) = answered;
+    Py_XDECREF(old_ri);
+    Py_XDECREF(old_answered);
+    return event;
+}
+
+static PyMethodDef next_event_def = {"next_event", next_event, METH_NOARGS, NULL};
+
+/* The offset of a writable object slot of the Connection class. */
+static int
+slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
+{
+    PyObject *descr = PyObject_GetAttrString(cls, name);
+    if (descr == NULL)
+        return -1;
+    int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
+             !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
+    if (ok)
+        *out = ((PyMemberDescrObject *)descr)->d_member->offset;
+    Py_DECREF(descr);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "configure(): Connection.%s must be a slot", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* The method descriptor of next_event() for ``cls``, its docstring from ``doc``. */
+static PyObject *
+make_next_event(PyObject *cls, PyObject *doc)
+{
+    if (next_event_def.ml_doc == NULL && PyUnicode_Check(doc)) {
+        /* Kept for the life of the process: descriptors point to it. */
+        Py_ssize_t size;
+        const char *text = PyUnicode_AsUTF8AndSize(doc, &size);
+        if (text == NULL)
+            return NULL;
+        char *copy = PyMem_RawMalloc((size_t)size + 1);
+        if (copy == NULL)
+            return PyErr_NoMemory();
+        memcpy(copy, text, (size_t)size + 1);
+        next_event_def.ml_doc = copy;
+    }
+    return PyDescr_NewMethod((PyTypeObject *)cls, &next_event_def);
+}
+
 /* ------------------------------------------------------------- configure */
 
 static int
@@ -1406,12 +1529,13 @@ take_magic(PyObject *tables, const char *name, unsigned long long *out)
 }
 
 PyDoc_STRVAR(configure_doc,
-             "configure(tables) -> None\n\n"
+             "configure(tables) -> dict\n\n"
              "Hand over the tables of gearproto._connection (a dict); called once at its\n"
-             "import, before any parse.");
+             "import, before any parse.  Returns the compiled methods to install on\n"
+             "Connection, by name.");
 
 static PyObject *
-configure(PyObject *Py_UNUSED(module), PyObject *tables)
+configure(PyObject *module, PyObject *tables)
 {
     if (!PyDict_Check(tables)) {
         PyErr_SetString(PyExc_TypeError, "configure() needs a dict");
@@ -1480,8 +1604,54 @@ configure(PyObject *Py_UNUSED(module), PyObject *tables)
         PyErr_SetString(PyExc_ValueError, "configure(): large_body must be positive");
         return NULL;
     }
+    PyObject *cls = NULL, *doc = NULL;
+    if (take_table(tables, "Connection", &cls) < 0)
+        return NULL;
+    if (!PyType_Check(cls)) {
+        Py_DECREF(cls);
+        PyErr_SetString(PyExc_TypeError, "configure(): Connection must be a class");
+        return NULL;
+    }
+    Py_XSETREF(connection_type, (PyTypeObject *)cls);
+    if (slot_offset(cls, "_ri", &off_ri) < 0 || slot_offset(cls, "_ready", &off_ready) < 0 ||
+        slot_offset(cls, "_answers", &off_answers) < 0 ||
+        slot_offset(cls, "answered", &off_answered) < 0 ||
+        slot_offset(cls, "_parse_loop", &off_parse_loop) < 0 ||
+        take_table(tables, "python_next_event", &python_next_event) < 0 ||
+        take_table(tables, "next_event_doc", &doc) < 0)
+        return NULL;
+    if (!PyCallable_Check(python_next_event)) {
+        Py_DECREF(doc);
+        PyErr_SetString(PyExc_TypeError, "configure(): python_next_event must be callable");
+        return NULL;
+    }
+    PyObject *methods = PyDict_New();
+    if (methods == NULL) {
+        Py_DECREF(doc);
+        return NULL;
+    }
+    PyObject *method = make_next_event(cls, doc);
+    Py_DECREF(doc);
+    if (method == NULL || PyDict_SetItemString(methods, "next_event", method) < 0) {
+        Py_XDECREF(method);
+        Py_DECREF(methods);
+        return NULL;
+    }
+    Py_DECREF(method);
+    PyObject *loop = PyObject_GetAttrString(module, "parse_requests");
+    if (loop == NULL) {
+        Py_DECREF(methods);
+        return NULL;
+    }
+    Py_XSETREF(loop_requests, loop);
+    loop = PyObject_GetAttrString(module, "parse_responses");
+    if (loop == NULL) {
+        Py_DECREF(methods);
+        return NULL;
+    }
+    Py_XSETREF(loop_responses, loop);
     configured = 1;
-    Py_RETURN_NONE;
+    return methods;
 }
 
 /* ---------------------------------------------------------------- module */
@@ -1528,7 +1698,8 @@ PyInit__speedups(void)
         intern(&s_push_run, "_push_run") < 0 ||
         intern(&s_slow_request, "_slow_request") < 0 ||
         intern(&s_slow_response, "_slow_response") < 0 ||
-        intern(&s_trim_finished, "_trim_finished") < 0)
+        intern(&s_trim_finished, "_trim_finished") < 0 ||
+        intern(&s_next_event_slow, "_next_event_slow") < 0)
         return NULL;
     if (one == NULL && (one = PyLong_FromLong(1)) == NULL)
         return NULL;

@@ -729,6 +729,82 @@ def test_the_compiled_loops_refuse_bad_arguments() -> None:
     assert _speedups.parse_requests(conn, raw_packet(REQ, 9, [])) == 12
 
 
+@needs_compiled
+def test_next_event_is_compiled_and_keeps_its_documentation() -> None:
+    method = Connection.__dict__["next_event"]
+    assert type(method).__name__ == "method_descriptor"
+    assert method.__doc__ == _connection._python_next_event.__doc__
+    assert Connection.next_event.__name__ == "next_event"
+
+
+class Recording(Connection):
+    """A subclass that adds a slot and wraps next_event()."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self, side: Side) -> None:
+        super().__init__(side)
+        self.seen: list[Any] = []
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        self.seen.append(event)
+        return event
+
+
+class Plain(Connection):
+    """A subclass that changes nothing."""
+
+
+@needs_compiled
+@pytest.mark.parametrize("cls", [Recording, Plain])
+def test_subclasses_read_alike(cls: type[Connection]) -> None:
+    stream = raw_packet(REQ, 9, []) + raw_packet(REQ, 16, [b"e"]) + b"status\n"
+    results = []
+    for implementation in ("python", "c"):
+        conn = cls(Side.SERVER)
+        if implementation == "python":
+            _connection._use_python_loops(conn)
+        assert conn.implementation == implementation
+        conn.receive_data(stream)
+        events = [strict(e) for e in conn.events()]
+        # The override sees every call, nested ones included (as in Python).
+        seen = [strict(e) for e in conn.seen] if isinstance(conn, Recording) else None
+        results.append((events, snapshot(conn, []), seen))
+    assert len(results[0][0]) == 3
+    assert results[0] == results[1]
+
+
+@needs_compiled
+@pytest.mark.parametrize("tamper", ["ready", "ri", "answers", "negative"])
+def test_next_event_defers_to_python_on_unusual_state(tamper: str) -> None:
+    # Nothing sets these like this; if something did, both implementations agree.
+    outcomes = []
+    for implementation in ("python", "c"):
+        conn = new_connection(Side.CLIENT, Limits(), implementation)
+        sent = [ev.EchoReq(b"a"), ev.EchoReq(b"b")]
+        for request in sent:
+            conn.send(request)
+        conn.receive_data(raw_packet(RES, 17, [b"a"]) + raw_packet(RES, 17, [b"b"]))
+        assert conn.next_event() == ev.EchoRes(b"a")
+        if tamper == "ready":
+            conn._ready = tuple(conn._ready)  # type: ignore[assignment]
+        elif tamper == "ri":
+            conn._ri = True  # an int, but not exactly one
+        elif tamper == "answers":
+            conn._answers = type("Answers", (dict,), {})(conn._answers)
+        else:
+            conn._ri = -1
+        trace: list[Any] = []
+        try:
+            trace.append(strict(conn.next_event()))
+            trace.append(snapshot(conn, sent))
+        except Exception as exc:  # whatever it is, both must agree
+            trace.append((type(exc).__name__, str(exc)))
+        outcomes.append(trace)
+    assert outcomes[0] == outcomes[1]
+
+
 # ------------------------------------------------------------------- leaks
 
 

@@ -1786,11 +1786,12 @@ _ADMIN_REPLIES: frozenset[type[Any]] = frozenset(_admin.REPLY_FOR.values()) | {
 
 #: Version of the table hand-over below; gearproto/_speedups.c checks it, so that a
 #: stale build of the extension is never used with newer tables.
-_SPEEDUPS_API = 2
+_SPEEDUPS_API = 3
 
-# The Python next_event(): the reference, and what the compiled one defers to for
-# connections that parse with the Python loops.
+# The Python next_event() and receive_data(): the reference, and what the compiled
+# ones defer to for connections on the Python loops and for anything unusual.
 _python_next_event = Connection.next_event
+_python_receive_data = Connection.receive_data
 
 
 def _load_speedups() -> Any:
@@ -1841,10 +1842,15 @@ def _load_speedups() -> Any:
             "Connection": Connection,
             "python_next_event": _python_next_event,
             "next_event_doc": _python_next_event.__doc__,
+            "python_receive_data": _python_receive_data,
+            "receive_data_doc": _python_receive_data.__doc__,
+            "state_open": ConnectionState.OPEN,
+            "need_data": NEED_DATA,
         }
     )
-    # The compiled next_event() reads the slots directly and needs no Python frame:
-    # most of the cost of an event once the loops are compiled.
+    # The compiled next_event() and receive_data() read and write the slots directly
+    # and need no Python frame: once the loops are compiled, Python frames are most
+    # of the cost of an event, and of a small read.
     for name, method in methods.items():
         setattr(Connection, name, method)
     return module

@@ -25,7 +25,7 @@
 #include <string.h>
 
 /* Version of the tables configure() expects (gearproto._connection._SPEEDUPS_API). */
-#define SPEEDUPS_API 2
+#define SPEEDUPS_API 3
 #define NTYPES 43 /* packet types 1..42; index 0 unused */
 #define HEADER 12
 
@@ -86,8 +86,12 @@ static unsigned long long req_base, res_base;
    implementation (for connections on the Python loops) and this module's loops. */
 static PyTypeObject *connection_type;
 static Py_ssize_t off_ri, off_ready, off_answers, off_answered, off_parse_loop;
-static PyObject *python_next_event;
+static Py_ssize_t off_chunks, off_size, off_need, off_dead, off_line_wait, off_listing,
+    off_raise_next, off_state, off_eof, off_line_limit;
+static PyObject *python_next_event, *python_receive_data;
 static PyObject *loop_requests, *loop_responses;
+static PyObject *state_open, *need_data; /* ConnectionState.OPEN, NEED_DATA */
+static PyObject *s_next_event, *s_join, *empty_bytes;
 
 /* Interned attribute and method names. */
 static PyObject *s_ready, *s_pending, *s_worker_handles, *s_client_handles,
@@ -375,6 +379,13 @@ slow_path(PyObject *conn, PyObject *method, PyObject *src, Py_ssize_t *pos)
     Py_ssize_t newpos = PyLong_AsSsize_t(PyTuple_GET_ITEM(result, 0));
     if (newpos == -1 && PyErr_Occurred()) {
         Py_DECREF(result);
+        return -1;
+    }
+    /* The loops read at the position next: never trust it blindly. */
+    if (newpos < 0 || newpos > PyBytes_GET_SIZE(src)) {
+        Py_DECREF(result);
+        PyErr_Format(PyExc_SystemError, "the slow path returned position %zd of %zd",
+                     newpos, PyBytes_GET_SIZE(src));
         return -1;
     }
     int go_on = PyObject_IsTrue(PyTuple_GET_ITEM(result, 1));
@@ -1317,6 +1328,198 @@ error:
 
 #define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
 
+/* Replace an object slot (``self.<slot> = value``); steals ``value``. */
+static inline void
+set_slot(PyObject *self, Py_ssize_t offset, PyObject *value)
+{
+    PyObject *old = SLOT(self, offset);
+    SLOT(self, offset) = value;
+    Py_XDECREF(old);
+}
+
+/* A slot holding an int, as a C integer; -1 with no error set if it is not one. */
+static inline int
+int_slot(PyObject *self, Py_ssize_t offset, long long *out)
+{
+    PyObject *value = SLOT(self, offset);
+    if (value == NULL || !PyLong_CheckExact(value))
+        return -1;
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow)
+        return -1;
+    return 0;
+}
+
+/* Whether the connection parses with this module's loops. */
+static inline int
+compiled_loops(PyObject *self)
+{
+    PyObject *loop = SLOT(self, off_parse_loop);
+    return loop == loop_requests || loop == loop_responses;
+}
+
+static PyObject *next_event(PyObject *self, PyObject *Py_UNUSED(ignored));
+
+/* Connection._parse, compiled, for a connection on the compiled loops whose slots
+   hold what the Python code puts there (the caller checked).  0, or -1 on error. */
+static int
+parse_buffer(PyObject *self)
+{
+    PyObject *chunks = SLOT(self, off_chunks);
+    if (chunks == NULL || !PyList_CheckExact(chunks)) {
+        PyErr_SetString(PyExc_TypeError, "Connection._chunks must be a list");
+        return -1;
+    }
+    PyObject *src;
+    if (PyList_GET_SIZE(chunks) == 1)
+        src = Py_NewRef(PyList_GET_ITEM(chunks, 0));
+    else
+        src = PyObject_CallMethodOneArg(empty_bytes, s_join, chunks);
+    if (src == NULL)
+        return -1;
+    if (!PyBytes_CheckExact(src)) {
+        Py_DECREF(src);
+        PyErr_SetString(PyExc_TypeError, "Connection._chunks must hold bytes");
+        return -1;
+    }
+    PyObject *loop = SLOT(self, off_parse_loop);
+    PyObject *args[2] = {self, src};
+    PyObject *reached = loop == loop_requests ? parse_requests(NULL, args, 2)
+                                              : parse_responses(NULL, args, 2);
+    if (reached == NULL) {
+        Py_DECREF(src);
+        return -1;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(reached);
+    Py_DECREF(reached);
+    if (pos == -1 && PyErr_Occurred()) {
+        Py_DECREF(src);
+        return -1;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(src);
+    if (pos < 0 || pos > n) {
+        Py_DECREF(src);
+        PyErr_SetString(PyExc_SystemError, "the receive loop went past its buffer");
+        return -1;
+    }
+    set_slot(self, off_line_wait, Py_NewRef(Py_False));
+    PyObject *dead = SLOT(self, off_dead);
+    int is_dead = dead == NULL ? 0 : PyObject_IsTrue(dead);
+    if (is_dead < 0) {
+        Py_DECREF(src);
+        return -1;
+    }
+    PyObject *fresh = NULL, *size = NULL, *need = NULL;
+    Py_ssize_t rest = n - pos;
+    if (is_dead || rest == 0) {
+        /* self._chunks = []; self._size = 0 (and self._need = 1 when all was read) */
+        Py_DECREF(src);
+        if ((fresh = PyList_New(0)) == NULL || (size = PyLong_FromLong(0)) == NULL ||
+            (!is_dead && (need = PyLong_FromLong(1)) == NULL)) {
+            Py_XDECREF(fresh);
+            Py_XDECREF(size);
+            return -1;
+        }
+        set_slot(self, off_chunks, fresh);
+        set_slot(self, off_size, size);
+        if (need != NULL)
+            set_slot(self, off_need, need);
+        return 0;
+    }
+    /* tail = src[pos:] if pos else src; self._chunks = [tail]; self._size = rest */
+    PyObject *tail = pos ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(src) + pos, rest)
+                         : Py_NewRef(src);
+    Py_DECREF(src);
+    if (tail == NULL)
+        return -1;
+    const unsigned char *t = (const unsigned char *)PyBytes_AS_STRING(tail);
+    int line_wait = 0;
+    long long wanted;
+    PyObject *raise_next = SLOT(self, off_raise_next);
+    PyObject *listing = SLOT(self, off_listing);
+    if (raise_next != NULL && raise_next != Py_None)
+        wanted = 0; /* more may be parseable right after the error */
+    else if (t[0] == 0 && listing == Py_None)
+        /* a header that reached this point was valid: wait for the whole packet */
+        wanted = rest < HEADER ? HEADER
+                               : HEADER + (long long)(((uint32_t)t[8] << 24) |
+                                                      ((uint32_t)t[9] << 16) |
+                                                      ((uint32_t)t[10] << 8) | (uint32_t)t[11]);
+    else {
+        wanted = 1LL << 62;
+        line_wait = 1;
+    }
+    fresh = PyList_New(1);
+    if (fresh == NULL) {
+        Py_DECREF(tail);
+        return -1;
+    }
+    PyList_SET_ITEM(fresh, 0, tail);
+    if ((size = PyLong_FromSsize_t(rest)) == NULL || (need = PyLong_FromLongLong(wanted)) == NULL) {
+        Py_DECREF(fresh);
+        Py_XDECREF(size);
+        return -1;
+    }
+    set_slot(self, off_chunks, fresh);
+    set_slot(self, off_size, size);
+    set_slot(self, off_need, need);
+    if (line_wait)
+        set_slot(self, off_line_wait, Py_NewRef(Py_True));
+    return 0;
+}
+
+/* Connection._next_event_slow, compiled for its two common outcomes: nothing to
+   parse (NEED_DATA), and a parse that made events.  Every other outcome -- an error
+   to raise, EOF, a closed connection -- is left to the Python method, which from
+   the state left here does exactly the remaining steps (its own reset of the ready
+   events finds nothing to reset, and a second parse finds nothing to parse). */
+static PyObject *
+next_event_slow(PyObject *self)
+{
+    PyObject *raise_next = SLOT(self, off_raise_next);
+    PyObject *eof = SLOT(self, off_eof);
+    long long size, need;
+    if (raise_next != Py_None || SLOT(self, off_state) != state_open || eof == NULL ||
+        int_slot(self, off_size, &size) < 0 || int_slot(self, off_need, &need) < 0 ||
+        SLOT(self, off_dead) != Py_False)
+        return PyObject_CallMethodNoArgs(self, s_next_event_slow);
+    int more = size >= need;
+    if (!more && eof != Py_False) /* EOF: the Python code says how the peer left */
+        return PyObject_CallMethodNoArgs(self, s_next_event_slow);
+    /* if self._ready: self._ready = []; self._ri = 0; self._answers = {} */
+    PyObject *ready = SLOT(self, off_ready);
+    if (ready == NULL || !PyList_CheckExact(ready))
+        return PyObject_CallMethodNoArgs(self, s_next_event_slow);
+    if (PyList_GET_SIZE(ready)) {
+        PyObject *fresh_ready = PyList_New(0);
+        PyObject *fresh_ri = PyLong_FromLong(0);
+        PyObject *fresh_answers = PyDict_New();
+        if (fresh_ready == NULL || fresh_ri == NULL || fresh_answers == NULL) {
+            Py_XDECREF(fresh_ready);
+            Py_XDECREF(fresh_ri);
+            Py_XDECREF(fresh_answers);
+            return NULL;
+        }
+        set_slot(self, off_ready, fresh_ready);
+        set_slot(self, off_ri, fresh_ri);
+        set_slot(self, off_answers, fresh_answers);
+    }
+    set_slot(self, off_answered, Py_NewRef(Py_None));
+    if (!more)
+        return Py_NewRef(need_data);
+    if (parse_buffer(self) < 0)
+        return NULL;
+    ready = SLOT(self, off_ready);
+    if (ready != NULL && PyList_CheckExact(ready) && PyList_GET_SIZE(ready)) {
+        /* return self.next_event() -- through the class, as a subclass may wrap it */
+        if (Py_TYPE(self) == connection_type)
+            return next_event(self, NULL);
+        return PyObject_CallMethodNoArgs(self, s_next_event);
+    }
+    return PyObject_CallMethodNoArgs(self, s_next_event_slow);
+}
+
 /* Connection.next_event, compiled: installed on the class as a method descriptor, so
    ``self`` is always a Connection (or a subclass: slot offsets are inherited).  It
    reads and writes the slots directly; anything unusual, and every connection that
@@ -1324,13 +1527,11 @@ error:
 static PyObject *
 next_event(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *loop = SLOT(self, off_parse_loop);
     PyObject *ri_obj = SLOT(self, off_ri);
     PyObject *ready = SLOT(self, off_ready);
     PyObject *answers = SLOT(self, off_answers);
-    if ((loop != loop_requests && loop != loop_responses) || ri_obj == NULL ||
-        ready == NULL || answers == NULL || !PyLong_CheckExact(ri_obj) ||
-        !PyList_CheckExact(ready) || !PyDict_CheckExact(answers))
+    if (!compiled_loops(self) || ri_obj == NULL || ready == NULL || answers == NULL ||
+        !PyLong_CheckExact(ri_obj) || !PyList_CheckExact(ready) || !PyDict_CheckExact(answers))
         return PyObject_CallOneArg(python_next_event, self);
     Py_ssize_t ri = PyLong_AsSsize_t(ri_obj);
     if (ri < 0) {
@@ -1339,7 +1540,7 @@ next_event(PyObject *self, PyObject *Py_UNUSED(ignored))
         return PyObject_CallOneArg(python_next_event, self);
     }
     if (ri >= PyList_GET_SIZE(ready))
-        return PyObject_CallMethodNoArgs(self, s_next_event_slow);
+        return next_event_slow(self);
     /* self._ri = ri + 1; self.answered = answers.pop(ri) if ri in answers else None */
     PyObject *next_ri = PyLong_FromSsize_t(ri + 1);
     if (next_ri == NULL)
@@ -1372,7 +1573,54 @@ next_event(PyObject *self, PyObject *Py_UNUSED(ignored))
     return event;
 }
 
+/* Connection.receive_data, compiled for exact bytes on a connection on the compiled
+   loops that is not at EOF; anything else goes to the Python implementation. */
+static PyObject *
+receive_data(PyObject *self, PyObject *data)
+{
+    PyObject *chunks = SLOT(self, off_chunks);
+    long long size;
+    if (!compiled_loops(self) || !PyBytes_CheckExact(data) || SLOT(self, off_eof) != Py_False ||
+        chunks == NULL || !PyList_CheckExact(chunks) || int_slot(self, off_size, &size) < 0)
+        return PyObject_CallFunctionObjArgs(python_receive_data, self, data, NULL);
+    Py_ssize_t length = PyBytes_GET_SIZE(data);
+    if (length == 0)
+        Py_RETURN_NONE;
+    PyObject *dead = SLOT(self, off_dead);
+    int is_dead = dead == NULL ? 0 : PyObject_IsTrue(dead);
+    if (is_dead < 0)
+        return NULL;
+    if (is_dead)
+        Py_RETURN_NONE;
+    PyObject *total = PyLong_FromLongLong(size + (long long)length);
+    if (total == NULL || PyList_Append(chunks, data) < 0) {
+        Py_XDECREF(total);
+        return NULL;
+    }
+    set_slot(self, off_size, total);
+    PyObject *line_wait = SLOT(self, off_line_wait);
+    int waiting = line_wait == NULL ? 0 : PyObject_IsTrue(line_wait);
+    if (waiting < 0)
+        return NULL;
+    if (waiting) {
+        long long line_limit;
+        if (int_slot(self, off_line_limit, &line_limit) < 0) {
+            PyErr_SetString(PyExc_TypeError, "Connection._line_limit must be an int");
+            return NULL;
+        }
+        if (memchr(PyBytes_AS_STRING(data), '\n', (size_t)length) != NULL ||
+            size + (long long)length >= line_limit) {
+            PyObject *zero = PyLong_FromLong(0);
+            if (zero == NULL)
+                return NULL;
+            set_slot(self, off_need, zero);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef next_event_def = {"next_event", next_event, METH_NOARGS, NULL};
+static PyMethodDef receive_data_def = {"receive_data", receive_data, METH_O, NULL};
 
 /* The offset of a writable object slot of the Connection class. */
 static int
@@ -1394,11 +1642,11 @@ slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
     return 0;
 }
 
-/* The method descriptor of next_event() for ``cls``, its docstring from ``doc``. */
+/* The method descriptor of ``def`` for ``cls``, its docstring from ``doc``. */
 static PyObject *
-make_next_event(PyObject *cls, PyObject *doc)
+make_method(PyObject *cls, PyMethodDef *def, PyObject *doc)
 {
-    if (next_event_def.ml_doc == NULL && PyUnicode_Check(doc)) {
+    if (def->ml_doc == NULL && PyUnicode_Check(doc)) {
         /* Kept for the life of the process: descriptors point to it. */
         Py_ssize_t size;
         const char *text = PyUnicode_AsUTF8AndSize(doc, &size);
@@ -1408,9 +1656,27 @@ make_next_event(PyObject *cls, PyObject *doc)
         if (copy == NULL)
             return PyErr_NoMemory();
         memcpy(copy, text, (size_t)size + 1);
-        next_event_def.ml_doc = copy;
+        def->ml_doc = copy;
     }
-    return PyDescr_NewMethod((PyTypeObject *)cls, &next_event_def);
+    return PyDescr_NewMethod((PyTypeObject *)cls, def);
+}
+
+/* ``methods[def.ml_name] = descriptor``, its docstring from ``tables[doc_key]``. */
+static int
+add_method(PyObject *methods, PyObject *cls, PyMethodDef *def, PyObject *tables,
+           const char *doc_key)
+{
+    PyObject *doc = PyDict_GetItemString(tables, doc_key); /* borrowed */
+    if (doc == NULL) {
+        PyErr_Format(PyExc_KeyError, "configure(): missing table %s", doc_key);
+        return -1;
+    }
+    PyObject *method = make_method(cls, def, doc);
+    if (method == NULL)
+        return -1;
+    int rc = PyDict_SetItemString(methods, def->ml_name, method);
+    Py_DECREF(method);
+    return rc;
 }
 
 /* ------------------------------------------------------------- configure */
@@ -1604,7 +1870,7 @@ configure(PyObject *module, PyObject *tables)
         PyErr_SetString(PyExc_ValueError, "configure(): large_body must be positive");
         return NULL;
     }
-    PyObject *cls = NULL, *doc = NULL;
+    PyObject *cls = NULL;
     if (take_table(tables, "Connection", &cls) < 0)
         return NULL;
     if (!PyType_Check(cls)) {
@@ -1617,27 +1883,31 @@ configure(PyObject *module, PyObject *tables)
         slot_offset(cls, "_answers", &off_answers) < 0 ||
         slot_offset(cls, "answered", &off_answered) < 0 ||
         slot_offset(cls, "_parse_loop", &off_parse_loop) < 0 ||
+        slot_offset(cls, "_chunks", &off_chunks) < 0 ||
+        slot_offset(cls, "_size", &off_size) < 0 || slot_offset(cls, "_need", &off_need) < 0 ||
+        slot_offset(cls, "_dead", &off_dead) < 0 ||
+        slot_offset(cls, "_line_wait", &off_line_wait) < 0 ||
+        slot_offset(cls, "_listing", &off_listing) < 0 ||
+        slot_offset(cls, "_raise_next", &off_raise_next) < 0 ||
+        slot_offset(cls, "_state", &off_state) < 0 || slot_offset(cls, "_eof", &off_eof) < 0 ||
+        slot_offset(cls, "_line_limit", &off_line_limit) < 0 ||
         take_table(tables, "python_next_event", &python_next_event) < 0 ||
-        take_table(tables, "next_event_doc", &doc) < 0)
+        take_table(tables, "python_receive_data", &python_receive_data) < 0 ||
+        take_table(tables, "state_open", &state_open) < 0 ||
+        take_table(tables, "need_data", &need_data) < 0)
         return NULL;
-    if (!PyCallable_Check(python_next_event)) {
-        Py_DECREF(doc);
-        PyErr_SetString(PyExc_TypeError, "configure(): python_next_event must be callable");
+    if (!PyCallable_Check(python_next_event) || !PyCallable_Check(python_receive_data)) {
+        PyErr_SetString(PyExc_TypeError, "configure(): the Python methods must be callable");
         return NULL;
     }
     PyObject *methods = PyDict_New();
-    if (methods == NULL) {
-        Py_DECREF(doc);
+    if (methods == NULL)
         return NULL;
-    }
-    PyObject *method = make_next_event(cls, doc);
-    Py_DECREF(doc);
-    if (method == NULL || PyDict_SetItemString(methods, "next_event", method) < 0) {
-        Py_XDECREF(method);
+    if (add_method(methods, cls, &next_event_def, tables, "next_event_doc") < 0 ||
+        add_method(methods, cls, &receive_data_def, tables, "receive_data_doc") < 0) {
         Py_DECREF(methods);
         return NULL;
     }
-    Py_DECREF(method);
     PyObject *loop = PyObject_GetAttrString(module, "parse_requests");
     if (loop == NULL) {
         Py_DECREF(methods);
@@ -1699,7 +1969,10 @@ PyInit__speedups(void)
         intern(&s_slow_request, "_slow_request") < 0 ||
         intern(&s_slow_response, "_slow_response") < 0 ||
         intern(&s_trim_finished, "_trim_finished") < 0 ||
-        intern(&s_next_event_slow, "_next_event_slow") < 0)
+        intern(&s_next_event_slow, "_next_event_slow") < 0 ||
+        intern(&s_next_event, "next_event") < 0 || intern(&s_join, "join") < 0)
+        return NULL;
+    if (empty_bytes == NULL && (empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
         return NULL;
     if (one == NULL && (one = PyLong_FromLong(1)) == NULL)
         return NULL;

@@ -730,11 +730,55 @@ def test_the_compiled_loops_refuse_bad_arguments() -> None:
 
 
 @needs_compiled
-def test_next_event_is_compiled_and_keeps_its_documentation() -> None:
-    method = Connection.__dict__["next_event"]
+@pytest.mark.parametrize("name", ["next_event", "receive_data"])
+def test_compiled_methods_keep_their_documentation(name: str) -> None:
+    method = Connection.__dict__[name]
     assert type(method).__name__ == "method_descriptor"
-    assert method.__doc__ == _connection._python_next_event.__doc__
-    assert Connection.next_event.__name__ == "next_event"
+    assert method.__name__ == name
+    assert method.__doc__ == getattr(_connection, f"_python_{name}").__doc__
+
+
+def _feed(conn: Connection, chunk: Any) -> Any:
+    try:
+        conn.receive_data(chunk)
+    except Exception as exc:  # both implementations must fail alike
+        return (type(exc).__name__, str(exc))
+    return None
+
+
+@needs_compiled
+@pytest.mark.parametrize("side", [Side.CLIENT, Side.SERVER])
+def test_every_kind_of_chunk_is_received_alike(side: Side) -> None:
+    # bytes, bytearray and memoryview (the compiled receive_data takes exact bytes and
+    # leaves the rest to Python), empty chunks, text lines waiting for their newline,
+    # bytes after a fatal error, and bytes after EOF.
+    server = side is Side.SERVER
+    wire = raw_packet(REQ, 16, [b"e"]) if server else raw_packet(RES, 17, [b"e"])
+    kinds: list[Any] = [
+        b"",
+        bytearray(wire),
+        memoryview(wire),
+        wire[:5],
+        bytearray(wire[5:]),
+        b"sta",
+        bytearray(b"tus"),
+        b"\r\n",
+        b"x" * 9000,  # a line longer than a server accepts
+        b"after the error",
+    ]
+    traces = []
+    for implementation in ("python", "c"):
+        conn, sent = primed(side, Limits(), implementation)
+        trace: list[Any] = []
+        for chunk in kinds:
+            trace.append(_feed(conn, chunk))
+            drain(conn, sent, trace, many=False)
+        conn.receive_eof()
+        trace.append(_feed(conn, b"late"))
+        trace.append(_feed(conn, b""))
+        drain(conn, sent, trace, many=False)
+        traces.append(trace)
+    assert traces[0] == traces[1]
 
 
 class Recording(Connection):

@@ -71,7 +71,7 @@ class RunnerBase:
         core = self.core
         sinks = self.sinks
         paused = self.paused
-        for conn_id, chunks, close in core.drain():
+        for conn_id, chunks, close in core.take_output():
             sink = sinks.get(conn_id)
             if sink is None:
                 continue

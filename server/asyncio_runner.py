@@ -229,7 +229,9 @@ class AsyncioRunner(RunnerBase):
     def deferred_flush(self) -> None:
         self.flush_scheduled = False
         self.flush()
-        if self.core.has_timers:
+        core = self.core
+        if core.timers_changed:
+            core.timers_changed = False
             self.after_timers_changed()
 
     # --------------------------------------------------------------------- timers

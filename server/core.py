@@ -207,6 +207,14 @@ class ServerCore:
         self._idle: list[tuple[float, int, Peer]] = []
         #: ``None``, ``"now"`` or ``"graceful"``: a stop the runner should carry out.
         self.stop_requested: str | None = None
+        #: Set whenever a deadline is added (a runner re-arms its timer from
+        #: :meth:`next_deadline` when it finds this set, and clears it): asking only
+        #: then keeps the deadline computation off the per-packet path.
+        self.timers_changed = False
+        # Per-packet limits, read on every packet.
+        self._max_function = config.limits.max_function
+        self._max_unique = config.limits.max_unique
+        self._max_handle = config.limits.max_handle
         self._dispatch: dict[type[Any], Callable[[Peer, Any, float], None]] = {
             ev.SubmitJob: self._on_submit,
             ev.GrabJobUniq: self._on_grab_uniq,
@@ -293,6 +301,7 @@ class ServerCore:
         if self._idle_timeout:
             due = (now if now is not None else self._now) + self._idle_timeout
             heapq.heappush(self._idle, (due, next(self._timer_seq), peer))
+            self.timers_changed = True
         return True
 
     def disconnect(self, conn_id: Any, now: float) -> None:
@@ -310,13 +319,15 @@ class ServerCore:
         self._holding.pop(peer, None)
         if peer.partial_at:
             self._partial.pop(peer, None)
-        self._unregister_all(peer, now)
+        # Stop following first: a job this peer both runs and follows may fail when it
+        # is taken back (retry limit), and its WORK_FAIL must not go to this peer.
         for job in list(peer.following):
             clients = job.clients
             job.clients = [c for c in clients if c is not peer]
             if not job.clients and not job.background:
                 self._abandon(job)
         peer.following.clear()
+        self._unregister_all(peer, now)
 
     def receive(self, conn_id: Any, data: bytes, now: float) -> bool:
         """Bytes arrived from connection ``conn_id``; an empty ``data`` means EOF.
@@ -350,13 +361,7 @@ class ServerCore:
             continuing = False
         n = len(buf)
         pos = 0
-        decoders = wire.DECODERS
-        dispatch = self._dispatch
-        unpack = wire._unpack
-        limits = self._limits
-        max_function = limits.max_function
-        max_unique = limits.max_unique
-        max_handle = limits.max_handle
+        unpack = _unpack_header
         max_packet = self._max_packet
         submit_types = _SUBMIT_TYPES
         while pos < n:
@@ -367,7 +372,9 @@ class ServerCore:
                 end = pos + 12 + size
                 # Fast paths for the packets of every job (decoded inline, no event
                 # object); anything unusual falls through to the general path.
-                if magic == b"\0REQ" and size <= max_packet:
+                # A type no request has is refused at its header (below), not after
+                # its whole declared body was buffered.
+                if magic == b"\0REQ" and size <= max_packet and 0 < ptype <= 42:
                     if end > n:
                         break
                     start = pos + 12
@@ -377,15 +384,15 @@ class ServerCore:
                         continue
                     if ptype == 13:
                         nul = buf.find(b"\0", start, end)
-                        if 0 <= nul - start <= max_handle:
+                        if 0 <= nul - start <= self._max_handle:
                             self._complete(peer, buf[start:nul], buf[nul + 1 : end])
                             pos = end
                             continue
                     elif ptype in submit_types:
                         nul1 = buf.find(b"\0", start, end)
-                        if 0 <= nul1 - start <= max_function:
+                        if 0 <= nul1 - start <= self._max_function:
                             nul2 = buf.find(b"\0", nul1 + 1, end)
-                            if 0 <= nul2 - nul1 - 1 <= max_unique:
+                            if 0 <= nul2 - nul1 - 1 <= self._max_unique:
                                 priority, background = submit_types[ptype]
                                 self._submit(
                                     peer, buf[start:nul1], buf[nul1 + 1 : nul2],
@@ -393,21 +400,11 @@ class ServerCore:
                                 )  # fmt: skip
                                 pos = end
                                 continue
-                if magic != b"\0REQ" or not 0 < ptype <= 42 or size > self._max_packet:
-                    if size > self._max_packet or not 0 < ptype <= 42 or magic != b"\0RES":
-                        # Unframeable: the oracle answers, then the connection closes.
-                        self._judge(peer, buf[pos : pos + 12], now)
-                        return False
-                    decoder = None
-                else:
-                    decoder = decoders[ptype]
-                if end > n:
-                    break
-                event = decoder(buf, pos + 12, end, limits) if decoder is not None else None
-                if event is None:
-                    self._judge(peer, buf[pos:end], now)
-                else:
-                    dispatch[type(event)](peer, event, now)
+                verdict = self._packet(peer, buf, pos, magic, ptype, size, end, n, now)
+                if verdict:
+                    if verdict == _INCOMPLETE:
+                        break
+                    return False
                 pos = end
             else:
                 newline = buf.find(b"\n", pos, pos + self._max_line)
@@ -436,6 +433,38 @@ class ServerCore:
             self._end_partial(peer)
         return False
 
+    def _packet(
+        self,
+        peer: Peer,
+        buf: bytes,
+        pos: int,
+        magic: bytes,
+        ptype: int,
+        size: int,
+        end: int,
+        n: int,
+        now: float,
+    ) -> int:
+        """The general path for one binary packet at ``buf[pos:end]``: decode it and
+        run its handler.  Returns 0 once it ran, ``_INCOMPLETE`` if the packet has not
+        fully arrived, ``_UNFRAMEABLE`` if nothing more of ``buf`` may be parsed."""
+        if magic != b"\0REQ" or not 0 < ptype <= 42 or size > self._max_packet:
+            if size > self._max_packet or not 0 < ptype <= 42 or magic != b"\0RES":
+                # Unframeable: the oracle answers, then the connection closes.
+                self._judge(peer, buf[pos : pos + 12], now)
+                return _UNFRAMEABLE
+            decoder = None
+        else:
+            decoder = wire.DECODERS[ptype]
+        if end > n:
+            return _INCOMPLETE
+        event = decoder(buf, pos + 12, end, self._limits) if decoder is not None else None
+        if event is None:
+            self._judge(peer, buf[pos:end], now)
+        else:
+            self._dispatch[type(event)](peer, event, now)
+        return 0
+
     def _begin_partial(self, peer: Peer, now: float) -> None:
         """A packet or line began arriving at ``now`` and is not complete yet."""
         partial = self._partial
@@ -443,6 +472,7 @@ class ServerCore:
             del partial[peer]
         peer.partial_at = now or 1e-9
         partial[peer] = peer.partial_at
+        self.timers_changed = True
 
     def _end_partial(self, peer: Peer) -> None:
         peer.partial_at = 0.0
@@ -611,25 +641,31 @@ class ServerCore:
         A connection the core closes is forgotten here: the runner need not call
         :meth:`disconnect` for it (doing so is harmless).
         """
+        return [Transmit(*item) for item in self.take_output()]
+
+    def take_output(self) -> list[tuple[Any, list[bytes], bool]]:
+        """:meth:`drain` as plain ``(conn_id, chunks, close)`` tuples (what runners
+        use: no record object per connection and flush)."""
         dirty = self._dirty
         if not dirty:
             return []
         self._dirty = []
-        result: list[Transmit] = []
+        result: list[tuple[Any, list[bytes], bool]] = []
         now = self._now
         for peer in dirty:
             peer.dirty = False
             peer.active_at = now
             if peer.held:
                 chunks = self._releasable(peer)
+                close = peer.closing and not peer.held
             else:
                 chunks = peer.out
                 peer.out = []
-            close = peer.closing and not peer.held
+                close = peer.closing
             if chunks or close:
-                result.append(_tuple_new(Transmit, (peer.conn_id, chunks, close)))
+                result.append((peer.conn_id, chunks, close))
             if close and self._peers.get(peer.conn_id) is peer:
-                self.disconnect(peer.conn_id, self._now)
+                self.disconnect(peer.conn_id, now)
         return result
 
     def _releasable(self, peer: Peer) -> list[bytes]:
@@ -839,6 +875,7 @@ class ServerCore:
         if job.when > now:
             job.state = _SCHEDULED
             heapq.heappush(self._epochs, (float(job.when), next(self._timer_seq), job))
+            self.timers_changed = True
             return
         self._enqueue(job)
 
@@ -942,6 +979,7 @@ class ServerCore:
     def store_committed(self, batch_id: int, now: float) -> None:
         """Batch ``batch_id`` is durable: its jobs become visible, its replies go out."""
         jobs, _helds, _removes = self._inflight.pop(batch_id, ([], [], []))
+        self._now = now  # the replies it releases are dated now (idle timeout)
         self._committed = max(self._committed, batch_id)
         for job in jobs:
             if job.state == _PENDING:
@@ -951,6 +989,7 @@ class ServerCore:
     def store_failed(self, batch_id: int, reason: bytes, now: float) -> None:
         """Batch ``batch_id`` could not be applied: its submissions get ERROR QUEUE_ERROR."""
         jobs, helds, removes = self._inflight.pop(batch_id, ([], [], []))
+        self._now = now
         self._committed = max(self._committed, batch_id)
         # Removals not applied are retried with the next batch (a finished job must
         # not come back after a restart if that can be helped).
@@ -1033,6 +1072,7 @@ class ServerCore:
         if timeout:
             timeouts = self._timeouts
             heapq.heappush(timeouts, (now + timeout, next(self._timer_seq), job, peer, job.retries))
+            self.timers_changed = True
             if len(timeouts) > self._timeouts_limit:
                 self._compact_timeouts()
         return job
@@ -1304,6 +1344,7 @@ class ServerCore:
     def handle_timer(self, now: float) -> None:
         """Run the timers due at ``now``: epoch jobs become runnable (waking sleeping
         workers), and jobs past their CAN_DO_TIMEOUT are taken back and requeued."""
+        self._now = now
         epochs = self._epochs
         while epochs and epochs[0][0] <= now:
             job = heapq.heappop(epochs)[2]
@@ -1456,6 +1497,10 @@ class ServerCore:
 
 _with_payload = wire.Encoder.with_payload
 _pack_header = wire._pack
+_unpack_header = wire._unpack
+# What ServerCore._packet found.
+_INCOMPLETE = 1
+_UNFRAMEABLE = 2
 _RES = b"\0RES"
 _JOIN_PAYLOAD = wire._JOIN_PAYLOAD
 _tuple_new = tuple.__new__

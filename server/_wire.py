@@ -148,9 +148,9 @@ def _reduce(background: bool) -> Decoder:
 
 
 def _sched(buf: bytes, start: int, end: int, limits: Limits) -> Any:
-    # Parsed only to be refused (INVALID_COMMAND), as gearmand does; let the oracle
-    # judge its framing first.
-    return None if buf.count(b"\0", start, end) < 7 else ev.SubmitJobSched(*([b""] * 8))
+    # Refused (INVALID_COMMAND), as gearmand does, once the oracle has checked its
+    # fields: a malformed one gets the same ERROR as any other malformed request.
+    return None
 
 
 def _build() -> list[Decoder | None]:

@@ -316,6 +316,10 @@ class ServerCore:
         peer.closing = True
         peer.out = []
         peer.held = 0
+        if peer.dirty and peer in self._dirty:
+            # Nothing more goes to a connection the runner dropped, not even a close.
+            peer.dirty = False
+            self._dirty.remove(peer)
         self._holding.pop(peer, None)
         if peer.partial_at:
             self._partial.pop(peer, None)

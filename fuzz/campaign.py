@@ -42,7 +42,11 @@ class CampaignConfig:
     out: Path | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     rss_limit: int | None = DEFAULT_RSS_LIMIT
-    minimize_time: float = 60.0
+    #: Longest time spent shrinking one new finding.
+    minimize_time: float = 30.0
+    #: Most of the budget that shrinking may take in total; past it, new findings are
+    #: saved as found (still replayed to confirm them), so generation keeps going.
+    shrink_share: float = 0.3
     #: Share of the budget spent in the stateful engine (job invariants).
     stateful_share: float = 0.3
     families: tuple[str, ...] | None = None
@@ -59,6 +63,8 @@ class CampaignResult:
     findings: list[Finding]
     restarts: int
     stopped: str | None = None
+    #: Seconds spent shrinking and confirming new findings.
+    shrink_seconds: float = 0.0
 
     @property
     def counts(self) -> dict[str, int]:
@@ -147,6 +153,7 @@ class Campaign:
         self.families: tuple[Family, ...] = families
         self.ctx = GenContext(destructive=config.destructive, max_fill=config.max_fill)
         self.stopped: str | None = None
+        self.shrink_spent = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,6 +212,7 @@ class Campaign:
             list(self.store.findings),
             sum(t.restarts for t in self._targets()),
             self.stopped,
+            self.shrink_spent,
         )
         self.progress.done(self._status_line())
         if cfg.out is not None:
@@ -273,12 +281,14 @@ class Campaign:
                 matched[:] = hits[:1]
             return True
 
-        deadline = min(
-            time.monotonic() + self.config.minimize_time,
-            self.start + self.config.budget + self.config.minimize_time,
+        began = time.monotonic()
+        window = self._shrink_window(self.config.minimize_time)
+        deadline = min(began + window, self.start + self.config.budget + window)
+        self.progress.note(
+            f"new {verdict.cls.value}: {verdict.summary[:100]} — "
+            + (f"minimising (up to {window:.0f}s)" if window >= 1 else "shrink budget spent")
         )
-        self.progress.note(f"new {verdict.cls.value}: {verdict.summary[:100]} — minimising")
-        minimal = Minimizer(fails, deadline=deadline).minimize(case)
+        minimal = Minimizer(fails, deadline=deadline).minimize(case) if window >= 1 else case
         runs = 1
         hits = sum(fails(minimal) for _ in range(3))
         best = matched[0] if matched else verdict
@@ -301,6 +311,7 @@ class Campaign:
             seconds_in=time.monotonic() - self.start,
             evidence=evidence,
         )
+        self.shrink_spent += time.monotonic() - began
         stored = self.store.add(finding, raw)
         if stored is finding:
             self.progress.note(
@@ -329,9 +340,12 @@ class Campaign:
             prefix=self.ctx.prefix,
             # Each stateful finding is shrunk twice (Hypothesis, then delta debugging):
             # a shorter window keeps batches coming.
-            shrink_time=min(self.config.minimize_time, 20.0),
+            shrink_time=self._shrink_window(min(self.config.minimize_time, 20.0)),
             recover=lambda why: self._recover(self.target, why),
             on_progress=self._show,
+            known=lambda signature: self.store.seen(f"target|{signature}") is not None,
+            on_known=lambda violation: self.store.note_occurrence(f"target|{violation.signature}"),
+            on_shrink=self._count_shrink,
         ):
             raw = f"target|{finding.verdict.signature}"
             if self.store.seen(raw) is not None:
@@ -350,6 +364,17 @@ class Campaign:
                 )
         self.stateful_runs += 1
 
+    # ------------------------------------------------------------------- shrinking
+
+    def _shrink_window(self, wanted: float) -> float:
+        """Seconds the next finding may be shrunk for: ``wanted``, unless the campaign's
+        shrink allowance (``shrink_share`` of the budget) has less left."""
+        allowance = self.config.shrink_share * self.config.budget - self.shrink_spent
+        return max(0.0, min(wanted, allowance))
+
+    def _count_shrink(self, seconds: float) -> None:
+        self.shrink_spent += seconds
+
     # -------------------------------------------------------------------- reporting
 
     def _status_line(self) -> str:
@@ -363,7 +388,7 @@ class Campaign:
             f" | cases {self.cases} ({rate:.0f}/s) stateful {self.stateful_runs}"
             f" | findings {len(self.store.findings)}"
             + (f" ({classes})" if classes else "")
-            + f" | restarts {restarts}"
+            + f" | restarts {restarts} | shrinking {self.shrink_spent:.0f}s"
         )
 
     def _show(self) -> None:
@@ -381,6 +406,7 @@ class Campaign:
             "cases": result.cases,
             "stateful_runs": result.stateful_runs,
             "restarts": result.restarts,
+            "shrink_seconds": round(result.shrink_seconds, 1),
             "stopped": result.stopped,
             "targets": {
                 t.label: {"address": str(t.address), **self.info.get(t.label, {})}
@@ -405,7 +431,8 @@ class Campaign:
             "# Fuzz campaign summary",
             "",
             f"- Seed {self.config.seed}, {result.cases} cases and {result.stateful_runs}"
-            f" stateful batches in {result.seconds:.0f} s, {result.restarts} restart(s)",
+            f" stateful batches in {result.seconds:.0f} s ({result.shrink_seconds:.0f} s"
+            f" shrinking), {result.restarts} restart(s)",
         ]
         for t in self._targets():
             version = self.info.get(t.label, {}).get("version") or "unknown version"

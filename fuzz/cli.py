@@ -140,9 +140,17 @@ def _campaign_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--minimize-time",
         type=parse_duration,
-        default=60.0,
+        default=30.0,
         metavar="DURATION",
-        help="time spent shrinking each new finding (default 60s)",
+        help="longest time spent shrinking one new finding (default 30s)",
+    )
+    parser.add_argument(
+        "--shrink-share",
+        type=_share,
+        default=0.3,
+        metavar="FRACTION",
+        help="most of the budget that shrinking may take in total (default 0.3); later"
+        " findings are saved as found. Findings already known are never shrunk again",
     )
     parser.add_argument(
         "--stateful-share",
@@ -281,6 +289,7 @@ def _campaign_main(args: list[str]) -> int:
         timeouts=Timeouts(probe=ns.probe_timeout),
         rss_limit=ns.rss_limit << 20,
         minimize_time=ns.minimize_time,
+        shrink_share=ns.shrink_share,
         stateful_share=ns.stateful_share,
         families=families,
         destructive=ns.destructive,
@@ -303,6 +312,7 @@ def _campaign_main(args: list[str]) -> int:
                     "out": str(out),
                     "cases": result.cases,
                     "stateful_runs": result.stateful_runs,
+                    "shrink_seconds": round(result.shrink_seconds, 1),
                     "counts": result.counts,
                     "stopped": result.stopped,
                     "findings": [

@@ -217,6 +217,12 @@ def _write(lv: _Live, data: bytes, timeout: float, pump: Callable[[float], None]
             lv.obs.write_error = str(exc)
             if lv.obs.fate in ("open", "unread"):
                 lv.obs.fate = "reset"
+            if lv.obs.fate != "unread":
+                # The server hung up while we were still writing (a refusal and a
+                # close).  What it wrote before that is still in our receive queue
+                # (a reset does not take back delivered bytes): read it, or an answered
+                # ERROR would look like a silent close.
+                _drain_after_failure(lv)
             return False
         if time.monotonic() > deadline:
             lv.obs.write_error = f"write blocked for {timeout:.1f}s (server stopped reading)"
@@ -249,6 +255,22 @@ def _read_some(lv: _Live, sel: selectors.BaseSelector) -> None:
     obs.partial_reply = lv.reader.pending
     with contextlib.suppress(KeyError, ValueError):
         sel.unregister(lv.sock)
+
+
+def _drain_after_failure(lv: _Live) -> None:
+    """Read what arrived on a connection whose write just failed (fate already set)."""
+    obs = lv.obs
+    for _ in range(1024):  # bounded: a reset socket has a finite receive queue
+        try:
+            data = lv.sock.recv(262144)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+        obs.replies.extend(lv.reader.feed(data))
+    obs.partial_reply = lv.reader.pending
 
 
 def _has_probe(obs: ConnObservation, token: bytes) -> bool:

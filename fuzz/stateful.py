@@ -142,6 +142,10 @@ class _Batch:
     shrink_time: float
     recover: Callable[[str], None]
     on_progress: Callable[[], None]
+    #: Signatures the campaign already has a minimal reproducer for: hitting one again
+    #: ends the example quietly (counted, never shrunk again).
+    known: Callable[[str], bool] = lambda signature: False
+    on_known: Callable[[Violation], None] = lambda violation: None
     examples: int = 0
     first_failure: float | None = None
     #: Per signature: the violation and the shortest action list that hit it.
@@ -186,12 +190,23 @@ class _Machine(RuleBasedStateMachine):
 
     def _guarded(self, step: Callable[[Driver], None]) -> None:
         driver = self.driver
-        if driver is None or self.batch.stopped():
+        batch = self.batch
+        if driver is None or batch.stopped():
             return
         try:
             step(driver)
         except Violation as exc:
-            self.batch.record(exc, driver.log)
+            if batch.known(exc.signature):
+                # Already minimised earlier in the campaign: count it and let the
+                # example end as a pass, so Hypothesis does not spend the batch
+                # shrinking it again.
+                batch.on_known(exc)
+                if exc.cls in _LOOSE:
+                    batch.recover(exc.message)
+                self.driver = None
+                driver.close()
+                return
+            batch.record(exc, driver.log)
             raise
 
     @rule(action=ACTIONS)
@@ -223,8 +238,17 @@ def run_batch(
     steps: int = 30,
     recover: Callable[[str], None] | None = None,
     on_progress: Callable[[], None] | None = None,
+    known: Callable[[str], bool] | None = None,
+    on_known: Callable[[Violation], None] | None = None,
+    on_shrink: Callable[[float], None] | None = None,
 ) -> Iterator[Finding]:
-    """One Hypothesis run of ``examples`` examples; yields its shrunk findings."""
+    """One Hypothesis run of ``examples`` examples; yields its shrunk findings.
+
+    ``known(signature)`` says whether the campaign already holds a finding with that
+    signature: such violations are reported to ``on_known`` and never shrunk again.
+    ``shrink_time`` bounds the shrinking of each new finding (Hypothesis's phase, then
+    delta debugging); ``on_shrink(seconds)`` is told the time each shrink took.
+    """
     nonce = os.urandom(2).hex().encode()
     state = _Batch(
         target,
@@ -236,6 +260,10 @@ def run_batch(
         recover or (lambda why: None),
         on_progress or (lambda: None),
     )
+    if known is not None:
+        state.known = known
+    if on_known is not None:
+        state.on_known = on_known
     machine = type("GearmanJobs", (_Machine,), {"batch": state})
     machine = hypothesis_seed((seed * 1000003 + batch) & 0xFFFFFFFF)(machine)
     config = settings(
@@ -253,8 +281,18 @@ def run_batch(
     # error when a network replay did not fail again) adds nothing.
     with contextlib.suppress(Exception):
         run_state_machine_as_test(machine, settings=config)  # type: ignore[no-untyped-call]
+    count_shrink = on_shrink or (lambda seconds: None)
+    if state.first_failure is not None:
+        # Hypothesis's own shrinking ran from the first failure to here.
+        count_shrink(time.monotonic() - state.first_failure)
     for signature, (violation, actions) in state.found.items():
-        yield _shrink(state, signature, violation, actions, seed, batch)
+        if state.known(signature):
+            state.on_known(violation)  # found meanwhile by an earlier shrink
+            continue
+        began = time.monotonic()
+        finding = _shrink(state, signature, violation, actions, seed, batch)
+        count_shrink(time.monotonic() - began)
+        yield finding
 
 
 def _shrink(
@@ -291,8 +329,9 @@ def _shrink(
         return False
 
     minimal = ddmin(actions, fails) if len(actions) > 1 else actions
+    # Three confirmation runs, whatever the shrink window left.
     attempts = 0
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + max(10.0, state.shrink_time)
     hits = sum(fails(minimal) for _ in range(3))
     best = last[0]
     return Finding(

@@ -280,7 +280,7 @@ def run_batch(
     # Every failure is already in state.found; Hypothesis's own report (or its Flaky
     # error when a network replay did not fail again) adds nothing.
     with contextlib.suppress(Exception):
-        run_state_machine_as_test(machine, settings=config)  # type: ignore[no-untyped-call]
+        run_state_machine_as_test(machine, settings=config)  # type: ignore[no-untyped-call, unused-ignore]
     count_shrink = on_shrink or (lambda seconds: None)
     if state.first_failure is not None:
         # Hypothesis's own shrinking ran from the first failure to here.

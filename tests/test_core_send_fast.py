@@ -65,3 +65,31 @@ def test_a_fast_submission_is_answered_like_any_other() -> None:
     client.receive_data(server.send(ev.JobCreated(b"H:1")))
     assert client.next_event() == ev.JobCreated(b"H:1")
     assert client.answered == submit
+
+
+def worker_holding(handles: list[bytes]) -> Connection:
+    """A worker connection that was assigned ``handles`` by a server."""
+    worker = Connection(Side.CLIENT, limits=LIMITS)
+    server = Connection(Side.SERVER, limits=LIMITS)
+    for handle in handles:
+        server.receive_data(worker.send(ev.GrabJobUniq()))
+        assert server.next_event() == ev.GrabJobUniq()
+        worker.receive_data(server.send(ev.JobAssignUniq(handle, b"fn", b"", b"")))
+        assert worker.next_event() == ev.JobAssignUniq(handle, b"fn", b"", b"")
+    return worker
+
+
+work_classes = st.sampled_from([ev.WorkComplete, ev.WorkException, ev.WorkData, ev.WorkWarning])
+held = st.lists(st.sampled_from([b"H:1", b"H:2", b"H:long-handle"]), unique=True, max_size=3)
+
+
+@given(held, st.lists(st.tuples(work_classes, field, st.binary(max_size=70)), max_size=6))
+def test_fast_and_general_paths_agree_on_work_updates(
+    handles: list[bytes], updates: list[tuple[Any, bytes, bytes]]
+) -> None:
+    fast, general = worker_holding(handles), worker_holding(handles)
+    for cls, handle, data in [(c, h if h else b"H:1", d) for c, h, d in updates]:
+        event = cls(handle, data)
+        assert outcome(fast.send, event) == outcome(lambda e: general_path(general, e), event)
+        assert list(fast._pending) == list(general._pending)
+        assert fast._worker_handles == general._worker_handles

@@ -32,12 +32,17 @@ __all__ = ["AsyncioRunner", "MemoryStream"]
 
 _READ_SIZE = 256 * 1024
 
+# How long a connection the server closed keeps having its input read and discarded
+# (after its write side is shut down), so that closing it does not reset it while the
+# peer is still sending: a reset can cost the peer the reply it has not read yet.
+DISCARD_SECONDS = 2.0
+
 
 class _ServerProtocol(asyncio.BufferedProtocol):
     """Reads into the runner's shared scratch buffer, or, while a big packet is
     arriving, straight into that packet's own buffer (no copy of big payloads)."""
 
-    __slots__ = ("_filled", "_frame_view", "conn_id", "runner", "transport")
+    __slots__ = ("_filled", "_frame_view", "conn_id", "discarding", "runner", "transport")
 
     def __init__(self, runner: AsyncioRunner) -> None:
         self.runner = runner
@@ -45,6 +50,8 @@ class _ServerProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._frame_view: memoryview | None = None
         self._filled = 0
+        #: Set once the server closed the connection: input is read and dropped.
+        self.discarding = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         runner = self.runner
@@ -76,7 +83,7 @@ class _ServerProtocol(asyncio.BufferedProtocol):
             runner.after_timers_changed()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._frame_view is not None:
+        if self._frame_view is not None and not self.discarding:
             return self._frame_view[self._filled :]
         return self.runner.scratch
 
@@ -84,6 +91,8 @@ class _ServerProtocol(asyncio.BufferedProtocol):
         runner = self.runner
         core = runner.core
         frame = self._frame_view
+        if self.discarding:
+            return
         if frame is not None:
             self._filled += nbytes
             if self._filled < len(frame):
@@ -103,6 +112,8 @@ class _ServerProtocol(asyncio.BufferedProtocol):
             runner.loop.call_soon(runner.deferred_flush)
 
     def eof_received(self) -> bool:
+        if self.discarding:
+            return False  # the peer read to our EOF and closed: close now
         runner = self.runner
         runner.core.receive(self.conn_id, b"", time.time())
         runner.flush()
@@ -269,10 +280,34 @@ class AsyncioRunner(RunnerBase):
     # ------------------------------------------------------------ output limits
 
     def close_sink(self, sink: Any) -> None:
+        protocol = getattr(sink, "get_protocol", lambda: None)()
+        if isinstance(protocol, _ServerProtocol) and sink.can_write_eof():
+            if sink.is_closing():
+                return
+            # Graceful close: FIN after the output is written, then input is read and
+            # dropped until the peer's EOF or DISCARD_SECONDS, and only then the socket
+            # is closed (closing it with unread input would reset the connection).
+            protocol.discarding = True
+            protocol._frame_view = None
+            sink.write_eof()
+            if not sink.is_closing():
+                sink.resume_reading()
+            self.loop.call_later(DISCARD_SECONDS, self._end_discard, sink)
+            return
         sink.close()
         unsent = getattr(sink, "get_write_buffer_size", None)
         if unsent is not None and unsent():
             self.loop.call_later(self.linger, _abort, sink)
+
+    def _end_discard(self, sink: Any) -> None:
+        """The discard window of a gracefully closed connection is over."""
+        if sink.is_closing():
+            return  # the peer closed first
+        unsent = sink.get_write_buffer_size()
+        sink.close()
+        if unsent:
+            # A peer that does not read its last output is not waited for forever.
+            self.loop.call_later(max(self.linger - DISCARD_SECONDS, 0.0), _abort, sink)
 
     def check_output(self, conn_id: Any, sink: Any) -> None:
         unsent = sink.get_write_buffer_size()

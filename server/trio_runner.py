@@ -33,6 +33,11 @@ __all__ = ["TrioMemoryStream", "TrioRunner"]
 
 _READ_SIZE = 256 * 1024
 
+# How long a connection the server closed keeps having its input read and discarded
+# (after its write side is shut down), so that closing it does not reset it while the
+# peer is still sending: a reset can cost the peer the reply it has not read yet.
+DISCARD_SECONDS = 2.0
+
 
 class _StreamSink:
     """Queues a connection's output for its sender task, counting what is unsent."""
@@ -181,8 +186,9 @@ class TrioRunner(RunnerBase):
                 sink.scope = nursery.cancel_scope
                 nursery.start_soon(self._sender, stream, sink, nursery.cancel_scope)
                 if not accepted:
-                    self.flush()  # one over the connection limit: answered and closed
-                    await trio.sleep_forever()  # until the sender has written it
+                    # One over the connection limit: answered and closed (what it
+                    # sends meanwhile is read and dropped, see _sender).
+                    self.flush()
                 self.after_timers_changed()
                 pause = self.output_pause
                 while True:
@@ -231,6 +237,14 @@ class TrioRunner(RunnerBase):
                         sink.drained.set()
                 if sink.closed and not sink.chunks:
                     break
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                # Graceful close: FIN now that the output is written; the reader task
+                # goes on reading (the core drops what a closed connection sends) until
+                # the peer's EOF or DISCARD_SECONDS, and only then the socket is
+                # closed (closing it with unread input would reset the connection).
+                await stream.send_eof()
+                scope.deadline = min(scope.deadline, trio.current_time() + DISCARD_SECONDS)
+                return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         scope.cancel()

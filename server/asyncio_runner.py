@@ -30,7 +30,7 @@ from .storage import JobStore, StoreBatch
 __all__ = ["AsyncioRunner", "MemoryStream"]
 
 
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 64 * 1024
 
 # How long a connection the server closed keeps having its input read and discarded
 # (after its write side is shut down), so that closing it does not reset it while the

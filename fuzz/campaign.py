@@ -154,6 +154,8 @@ class Campaign:
         self.ctx = GenContext(destructive=config.destructive, max_fill=config.max_fill)
         self.stopped: str | None = None
         self.shrink_spent = 0.0
+        #: In differential mode, which target is gearproto's server (see _ours_side).
+        self.ours_side: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -180,6 +182,7 @@ class Campaign:
         self.ctx.prefix = tag + b"_"
         for target in self._targets():
             self.info[target.label] = learn_target(target, self.ctx.prefix)
+        self.ours_side = self._ours_side()
         handle_prefix = self.info["target"].get("handle_prefix")
         if handle_prefix:
             self.ctx.handle_prefix = handle_prefix.encode("latin-1")
@@ -248,7 +251,7 @@ class Campaign:
             obs2, verdicts2 = self._run(case, self.target2)
             for verdict in verdicts2:
                 self._handle(verdict, case, self.target2)
-            for verdict in compare(obs1, obs2, ("target", "target2")):
+            for verdict in compare(obs1, obs2, ("target", "target2"), self.ours_side):
                 self._handle(verdict, case, None)
 
     def _verdicts_for(self, case: Case, target: Target | None) -> list[Verdict]:
@@ -257,7 +260,7 @@ class Campaign:
         assert self.target2 is not None
         obs1, _ = self._run(case, self.target)
         obs2, _ = self._run(case, self.target2)
-        return compare(obs1, obs2, ("target", "target2"))
+        return compare(obs1, obs2, ("target", "target2"), self.ours_side)
 
     def _handle(self, verdict: Verdict, case: Case, target: Target | None) -> None:
         label = target.label if target is not None else "target vs target2"
@@ -283,6 +286,8 @@ class Campaign:
 
         began = time.monotonic()
         window = self._shrink_window(self.config.minimize_time)
+        if verdict.details.get("deviation"):
+            window = 0.0  # a documented deviation: its case is kept as found
         deadline = min(began + window, self.start + self.config.budget + window)
         self.progress.note(
             f"new {verdict.cls.value}: {verdict.summary[:100]} — "
@@ -366,6 +371,18 @@ class Campaign:
 
     # ------------------------------------------------------------------- shrinking
 
+    def _ours_side(self) -> int | None:
+        """Which target is gearproto's server when the other one is not (differential
+        mode): divergences are then checked against the documented deviations."""
+        if self.target2 is None:
+            return None
+        sides = [
+            index
+            for index, target in enumerate(self._targets())
+            if str(self.info.get(target.label, {}).get("version") or "").startswith("gearproto")
+        ]
+        return sides[0] if len(sides) == 1 else None
+
     def _shrink_window(self, wanted: float) -> float:
         """Seconds the next finding may be shrunk for: ``wanted``, unless the campaign's
         shrink allowance (``shrink_share`` of the budget) has less left."""
@@ -422,10 +439,13 @@ class Campaign:
                     "occurrences": f.occurrences,
                     "reproduced": f.reproduced,
                     "directory": str(f.directory.relative_to(out)) if f.directory else None,
+                    **_deviation_field(f),
                 }
                 for f in ordered
             ],
         }
+        if self.ours_side is not None:
+            data["unexplained_divergences"] = sum(1 for f in ordered if _unexplained(f))
         (out / "campaign.json").write_text(json.dumps(data, indent=1) + "\n")
         lines = [
             "# Fuzz campaign summary",
@@ -453,7 +473,40 @@ class Campaign:
             )
         if not ordered:
             lines.append("| - | - | no findings | - | - | - |")
+        if self.ours_side is not None:
+            lines += _triage_lines(ordered)
         (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def _deviation_field(finding: Finding) -> dict[str, Any]:
+    if finding.cls is not FindingClass.DIVERGENCE or "deviation" not in finding.verdict.details:
+        return {}
+    return {"deviation": finding.verdict.details["deviation"]}
+
+
+def _unexplained(finding: Finding) -> bool:
+    return finding.cls is FindingClass.DIVERGENCE and not finding.verdict.details.get("deviation")
+
+
+def _triage_lines(findings: list[Finding]) -> list[str]:
+    """The differential triage: divergences per documented deviation, then the rest."""
+    explained: dict[str, list[int]] = {}
+    for f in findings:
+        anchor = f.verdict.details.get("deviation") if f.cls is FindingClass.DIVERGENCE else None
+        if anchor:
+            explained.setdefault(anchor, []).append(f.number)
+    unexplained = [f for f in findings if _unexplained(f)]
+    lines = ["", "## Divergences explained by docs/deviations.md", ""]
+    for anchor, numbers in sorted(explained.items()):
+        lines.append(f"- docs/deviations.md#{anchor}: findings {numbers}")
+    if not explained:
+        lines.append("- none")
+    lines += ["", f"## Unexplained divergences ({len(unexplained)})", ""]
+    for f in unexplained:
+        lines.append(f"- {f.number}: {f.verdict.summary[:200]}")
+    if not unexplained:
+        lines.append("- none")
+    return lines
 
 
 def _selected(family: Family, wanted: tuple[str, ...]) -> bool:

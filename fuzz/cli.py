@@ -320,6 +320,11 @@ def _campaign_main(args: list[str]) -> int:
                             "class": f.cls.value,
                             "summary": f.verdict.summary,
                             "directory": str(f.directory) if f.directory else None,
+                            **(
+                                {"deviation": f.verdict.details["deviation"]}
+                                if "deviation" in f.verdict.details
+                                else {}
+                            ),
                         }
                         for f in result.findings
                     ],

@@ -102,6 +102,18 @@ def test_explain_prints_the_operations(tmp_path: Path) -> None:
     assert result.stdout.rstrip().endswith("no failure")
 
 
+def test_hypothesis_mode_runs_for_the_time_given() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gearproto.fuzz.selftest_server", "--hypothesis", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.rstrip().endswith("inputs, no failure")
+
+
 def test_atheris_smoke_run(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"

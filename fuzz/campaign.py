@@ -251,6 +251,8 @@ class Campaign:
             obs2, verdicts2 = self._run(case, self.target2)
             for verdict in verdicts2:
                 self._handle(verdict, case, self.target2)
+            if any(v.cls in _DEATHS for v in verdicts + verdicts2):
+                return  # a server died during the case: that is the finding, not its replies
             for verdict in compare(obs1, obs2, ("target", "target2"), self.ours_side):
                 self._handle(verdict, case, None)
 
@@ -476,6 +478,9 @@ class Campaign:
         if self.ours_side is not None:
             lines += _triage_lines(ordered)
         (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+_DEATHS = frozenset({FindingClass.CRASH, FindingClass.HANG})
 
 
 def _deviation_field(finding: Finding) -> dict[str, Any]:

@@ -423,3 +423,42 @@ def test_crashes_are_told_apart_by_the_servers_own_frames() -> None:
     )
     assert crash_signature(python, "exit status 1") == "py:app.py:12:KeyError"
     assert crash_signature("", "killed by SIGSEGV") == "killed by SIGSEGV"
+
+
+# ------------------------------------------------------------------ shrink budget
+
+
+def test_shrink_window_is_bounded_per_finding_and_in_total() -> None:
+    from gearproto.fuzz.campaign import Campaign, CampaignConfig
+
+    config = CampaignConfig(parse_address("127.0.0.1:9"), budget=100.0, shrink_share=0.3)
+    campaign = Campaign(config)
+    assert campaign._shrink_window(20.0) == 20.0  # 30 s of shrinking allowed in total
+    campaign.shrink_spent = 25.0
+    assert campaign._shrink_window(20.0) == 5.0
+    campaign.shrink_spent = 31.0
+    assert campaign._shrink_window(20.0) == 0.0
+
+
+def test_differential_leaves_out_noop_position_and_foreign_status() -> None:
+    from gearproto.fuzz.differential import reaction
+    from gearproto.fuzz.execute import ConnObservation
+    from gearproto.fuzz.shadow import ShadowConn
+    from gearproto.fuzz.wire import ReplyReader
+
+    def observed(*packets: bytes) -> ConnObservation:
+        obs = ConnObservation(0, ShadowConn(), probe="answered")
+        obs.replies = ReplyReader().feed(b"".join(packets))
+        return obs
+
+    noop = raw_packet(RES, 6, [])
+    created = raw_packet(RES, 8, [b"H:1"])
+    status = raw_packet(RES, 20, [b"H:1", b"1", b"0", b"0", b"0"])
+    unknown = raw_packet(RES, 20, [b"H:1", b"0", b"0", b"0", b"0"])
+    assert reaction(observed(noop, created)) == reaction(observed(created, noop))
+    assert reaction(observed(noop, created)) != reaction(observed(created))
+    assert reaction(observed(status)) == reaction(observed(unknown))
+    assign = raw_packet(RES, 11, [b"H:1", b"f", b"data"])
+    no_job = raw_packet(RES, 10, [])
+    assert reaction(observed(assign)) != reaction(observed(no_job))
+    assert reaction(observed(assign), shared=True) == reaction(observed(no_job), shared=True)

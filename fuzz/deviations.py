@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gearproto import admin
 from gearproto import events as ev
 
 from .shadow import Request
@@ -139,6 +140,15 @@ def _handle_of_64_bytes(d: Divergence) -> bool:
     )
 
 
+def _empty_function_name(d: Divergence) -> bool:
+    # ``create function `` names no function: we refuse it; gearmand creates one with
+    # an empty name (CRLF) or crashes (LF).
+    return d.ours_item == "ERR INVALID_ARGUMENTS" and any(
+        e.tokens[:2] == (b"create", b"function") and not any(e.tokens[2:])
+        for e in d.sent(admin.AdminBadCommand)
+    )
+
+
 def _arguments_over_8k(d: Divergence) -> bool:
     # gearmand closes, silently, when a packet's arguments exceed its 8 KiB buffer.
     return (
@@ -228,6 +238,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
     KnownDeviation("Every field is held to its limit", _arguments_over_8k),
     KnownDeviation("Every field is held to its limit", _handle_of_64_bytes),
     KnownDeviation("Listings escape names and ids", _listing_split),
+    KnownDeviation("create function keeps the whole name", _empty_function_name),
     KnownDeviation("Requests sent before a half-close are answered", _answered_before_half_close),
     KnownDeviation("A new PRE_SLEEP re-arms wake-ups", _woken_on_registration),
 )

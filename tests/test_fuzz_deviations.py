@@ -19,7 +19,7 @@ from helpers.procs import GEARMAND, ServerProcess, start_process
 
 from gearproto import events as ev
 from gearproto.fuzz.deviations import KNOWN_DEVIATIONS, Divergence, anchor_of, explain
-from gearproto.fuzz.shadow import Request
+from gearproto.fuzz.shadow import Request, shadow_parse
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "deviations.md"
 
@@ -136,3 +136,11 @@ def test_short_differential_run_leaves_nothing_unexplained(tmp_path: Path) -> No
     assert explained <= anchors
     triage = (tmp_path / "out" / "summary.md").read_text()
     assert re.search(r"## Unexplained divergences \(0\)", triage)
+
+
+def test_empty_create_function_is_explained_and_a_named_one_is_not() -> None:
+    empty = shadow_parse(b"create function \r\n").requests
+    divergence = _divergence(["ERR INVALID_ARGUMENTS"], ["OK"], requests=tuple(empty))
+    assert _explained(divergence) == "create-function-keeps-the-whole-name"
+    named = shadow_parse(b"create function abc\r\n").requests
+    assert _explained(_divergence(["ERR INVALID_ARGUMENTS"], ["OK"], requests=tuple(named))) is None

@@ -8,24 +8,27 @@ identity-hashed on purpose (a job is the same job wherever it is referenced).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
-__all__ = ["Function", "Held", "Job", "JobState", "Peer", "PeerInfo"]
+__all__ = ["Function", "Held", "Job", "JobState", "Payload", "Peer", "PeerInfo"]
+
+#: A job's data: bytes, or a view of the buffer a big packet was received into.
+Payload = bytes | memoryview
 
 
 class JobState:
     """Where a job is (ints, compared by identity on the hot path)."""
 
     #: Waiting for its store batch to commit; not visible to workers yet.
-    PENDING = 0
+    PENDING: Final = 0
     #: Runnable, in its function's priority queue.
-    QUEUED = 1
+    QUEUED: Final = 1
     #: An epoch job whose time has not come.
-    SCHEDULED = 2
+    SCHEDULED: Final = 2
     #: Assigned to a worker.
-    RUNNING = 3
+    RUNNING: Final = 3
     #: Finished, failed, dropped or cancelled: no longer in any table.
-    GONE = 4
+    GONE: Final = 4
 
 
 class PeerInfo(NamedTuple):
@@ -68,7 +71,7 @@ class Job:
         handle: bytes,
         function: Function,
         unique: bytes,
-        data: bytes,
+        data: Payload,
         priority: int,
         background: bool,
         when: int,

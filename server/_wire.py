@@ -249,7 +249,7 @@ class Encoder:
         return _pack(RES, ptype, len(body)) + body
 
     @staticmethod
-    def with_payload(ptype: int, head: bytes, payload: bytes) -> list[bytes]:
+    def with_payload(ptype: int, head: bytes, payload: bytes | memoryview) -> list[Any]:
         """``head`` (NUL-terminated fields) then ``payload``: one chunk, or two for
         large payloads so the payload is never copied."""
         header = _pack(RES, ptype, len(head) + len(payload))
@@ -291,5 +291,5 @@ def handle_only(ptype: int, handle: bytes) -> bytes:
     return _pack(RES, ptype, len(handle)) + handle
 
 
-def echo_res(data: bytes) -> list[bytes]:
+def echo_res(data: bytes | memoryview) -> list[Any]:
     return Encoder.with_payload(17, b"", data)

@@ -24,11 +24,10 @@ from __future__ import annotations
 import heapq
 import mmap as _mmap
 import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import count, islice
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from gearproto import Limits, Priority, RemoteProtocolError
 from gearproto import admin as _admin
@@ -36,8 +35,10 @@ from gearproto import events as ev
 from gearproto._version import __version__
 
 from . import _wire as wire
+from ._compiled import mypyc_attr
+from ._frames import free_buffer
 from ._handles import HandleMaker
-from ._state import Function, Held, Job, JobState, Peer, PeerInfo
+from ._state import Function, Held, Job, JobState, Payload, Peer, PeerInfo
 from .acl import AdminAccess
 from .storage import StoreBatch, StoredJob
 
@@ -153,6 +154,9 @@ class Transmit(NamedTuple):
     close: bool
 
 
+# Interpreted subclasses of the compiled class are allowed (tests and tools plant
+# faults by overriding a method; overrides are honoured by the compiled code).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ServerCore:
     """All scheduling state and rules of the job server; see the module docstring."""
 
@@ -333,7 +337,9 @@ class ServerCore:
         peer.following.clear()
         self._unregister_all(peer, now)
 
-    def receive(self, conn_id: Any, data: bytes, now: float) -> bool:
+    # ``data`` is any bytes-like object (typed Any so that the compiled core accepts a
+    # bytearray or memoryview as the Python one does, and subclasses may narrow it).
+    def receive(self, conn_id: Any, data: Any, now: float) -> bool:
         """Bytes arrived from connection ``conn_id``; an empty ``data`` means EOF.
 
         At EOF the connection is closed once its pending replies are out.  Returns
@@ -492,7 +498,7 @@ class ServerCore:
     # never joined or sliced: megabyte jobs cross the server without a user-space copy.
 
     #: Packets at least this large (header included) take the large-frame path.
-    LARGE_FRAME = 1 << 16
+    LARGE_FRAME: ClassVar[int] = 1 << 16
 
     def take_large_frame(self, conn_id: Any) -> tuple[memoryview, int] | None:
         """The buffer for the big packet ``conn_id`` is receiving (exactly its size),
@@ -531,10 +537,9 @@ class ServerCore:
         big body costs memory for what is actually sent, not for what is declared.
         """
         pool = self._frame_pool
-        for buffer in pool:
-            # References: the pool's list, ``buffer`` and getrefcount's argument.
-            if size <= len(buffer) <= 2 * size and _refcount(buffer) <= 3:
-                return buffer
+        buffer = free_buffer(pool, size)
+        if buffer is not None:
+            return buffer
         capacity = -(-size // _FRAME_ROUND) * _FRAME_ROUND
         buffer = _mmap.mmap(-1, capacity)
         if capacity <= _POOL_MAX_BUFFER:
@@ -583,7 +588,7 @@ class ServerCore:
                     self._dispatch[type(event)](peer, event, now)
                 return
         elif ptype == 16:
-            self._outs(peer, wire.echo_res(view[12:end]))  # type: ignore[arg-type]
+            self._outs(peer, wire.echo_res(view[12:end]))
             return
         # Anything else (or malformed) goes the ordinary way.
         self.receive(conn_id, bytes(view), now)
@@ -786,7 +791,7 @@ class ServerCore:
         peer: Peer,
         name: bytes,
         unique: bytes,
-        data: bytes,
+        data: Payload,
         priority: int,
         background: bool,
         when: int,
@@ -796,7 +801,10 @@ class ServerCore:
         key: tuple[bytes, ...] | None = None
         if unique:
             # "-" coalesces by payload (an empty payload never coalesces).
-            key = (name, unique) if unique != b"-" else ((name, b"-", data) if data else None)
+            # (Payloads coalesced by value arrive as bytes: receive_frame() sees to it.)
+            key = (
+                (name, unique) if unique != b"-" else ((name, b"-", bytes(data)) if data else None)
+            )
             if key is not None:
                 job = self._coalesce.get(key)
                 if job is not None:
@@ -1174,7 +1182,7 @@ class ServerCore:
     def _on_work_complete(self, peer: Peer, event: ev.WorkComplete, now: float) -> None:
         self._complete(peer, event[0], event[1])
 
-    def _complete(self, peer: Peer, handle: bytes, data: bytes) -> None:
+    def _complete(self, peer: Peer, handle: bytes, data: Payload) -> None:
         job = self._jobs.get(handle)
         if job is None or job.worker is not peer:
             self._error(peer, b"JOB_NOT_FOUND", _NOT_FOUND_RESULT)
@@ -1511,7 +1519,6 @@ _tuple_new = tuple.__new__
 # The CAN_DO_TIMEOUT heap is compacted when it holds twice its live entries (and at
 # least this many).
 _MIN_TIMER_COMPACT = 1024
-_refcount = sys.getrefcount
 # Big-packet buffers: sizes rounded to this, at most this many kept for reuse, and
 # none larger than this kept.
 _FRAME_ROUND = 1 << 16

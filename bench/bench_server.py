@@ -12,6 +12,7 @@ generator shares the machine with the server.
     python bench/bench_server.py --compare gearmand   # side by side with gearmand -t 0
     python bench/bench_server.py --workloads a --jobs 20000
     python bench/bench_server.py --core               # the sans-IO core alone, no sockets
+    GEARPROTO_PURE_PYTHON=1 python bench/bench_server.py --core   # its Python source
 
 Workloads (as in the project's C benchmark):
   a  foreground echo jobs, 64 B, one client keeping --window in flight, 2 workers
@@ -300,6 +301,11 @@ def main() -> int:
     parser.add_argument("--compare", choices=["gearmand"], help="also run gearmand -t 0")
     parser.add_argument("--core", action="store_true", help="measure the core alone")
     args = parser.parse_args()
+    from gearproto.server import IMPLEMENTATION
+
+    # The compiled core is skipped under GEARPROTO_PURE_PYTHON=1 or when a checkout's
+    # build is older than the source (rebuild with `pip install -e .`): say which ran.
+    print(f"server core: {IMPLEMENTATION}")
     if args.core:
         print(f"core only (workload a, no I/O): {core_only(args.jobs):.1f} CPU us/job")
         return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ class Divergence:
     requests: Sequence[Request]
     #: The case shut down the connection's write side.
     half_closed: bool = False
+    #: Every byte the connection sent (for fields the parsed requests do not keep).
+    sent_bytes: bytes = b""
 
     @property
     def ours_item(self) -> str:
@@ -97,9 +100,10 @@ def _is_error(kind: str) -> bool:
 
 
 def _too_many_tokens(d: Divergence) -> bool:
+    # gearmand closes at the line, dropping the replies it still owed to earlier ones.
     return (
-        d.ours_item == "ERR INVALID_ARGUMENTS"
-        and d.theirs_ended
+        d.theirs_ended
+        and "ERR INVALID_ARGUMENTS" in d.ours_rest
         and any(r.label == "admin:too-many-tokens" for r in d.requests)
     )
 
@@ -147,6 +151,36 @@ def _empty_function_name(d: Divergence) -> bool:
         e.tokens[:2] == (b"create", b"function") and not any(e.tokens[2:])
         for e in d.sent(admin.AdminBadCommand)
     )
+
+
+def _long_number_field(d: Divergence) -> bool:
+    # A number is read like atoi and its limit applies to the number read; gearmand
+    # drops (or closes on) a number field over 20 characters, whatever they are.
+    return (
+        d.theirs_ended
+        and not any(_is_error(kind) for kind in d.ours_rest)
+        and any(len(field) > 20 for field in _number_fields(d.sent_bytes))
+    )
+
+
+#: Packet type -> index of its number fields (NUL-separated).
+_NUMBER_FIELDS = {12: (1, 2), 23: (1,), 36: (2,)}
+
+
+def _number_fields(data: bytes) -> list[bytes]:
+    """The raw number fields of the \\0REQ packets in ``data`` (CAN_DO_TIMEOUT,
+    WORK_STATUS, SUBMIT_JOB_EPOCH)."""
+    fields: list[bytes] = []
+    pos = 0
+    while (pos := data.find(b"\0REQ", pos)) >= 0 and pos + 12 <= len(data):
+        ptype = int.from_bytes(data[pos + 4 : pos + 8], "big")
+        size = int.from_bytes(data[pos + 8 : pos + 12], "big")
+        indexes = _NUMBER_FIELDS.get(ptype)
+        if indexes:
+            parts = data[pos + 12 : pos + 12 + size].split(b"\0")
+            fields += [parts[i] for i in indexes if i < len(parts)]
+        pos += 12
+    return fields
 
 
 def _arguments_over_8k(d: Divergence) -> bool:
@@ -237,6 +271,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
     KnownDeviation("Protocol errors are always answered", _refusal_where_gearmand_hung_up),
     KnownDeviation("Every field is held to its limit", _arguments_over_8k),
     KnownDeviation("Every field is held to its limit", _handle_of_64_bytes),
+    KnownDeviation("Every field is held to its limit", _long_number_field),
     KnownDeviation("Listings escape names and ids", _listing_split),
     KnownDeviation("create function keeps the whole name", _empty_function_name),
     KnownDeviation("Requests sent before a half-close are answered", _answered_before_half_close),
@@ -245,8 +280,32 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
 
 
 def explain(divergence: Divergence) -> KnownDeviation | None:
-    """The documented deviation that explains ``divergence``, if any."""
+    """The documented deviation that explains ``divergence``, if any.
+
+    gearmand's listings may come split in two (see :func:`_listing_split`); when that
+    alone does not explain everything, the rules are tried again on the replies with
+    every run of listings counted as one.
+    """
     for known in KNOWN_DEVIATIONS:
         if known.matches(divergence):
             return known
+    ours, theirs = _merge_listings(divergence.ours), _merge_listings(divergence.theirs)
+    if len(theirs) == len(divergence.theirs):
+        return None
+    where = next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a[0] != b[0]),
+        min(len(ours), len(theirs)),
+    )
+    merged = dataclasses.replace(divergence, where=where, ours=ours, theirs=theirs)
+    for known in KNOWN_DEVIATIONS:
+        if known.matches(merged):
+            return known
     return None
+
+
+def _merge_listings(items: Sequence[Item]) -> list[Item]:
+    out: list[Item] = []
+    for item in items:
+        if not (item[0] == "listing" and out and out[-1][0] == "listing"):
+            out.append(item)
+    return out

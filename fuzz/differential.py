@@ -37,6 +37,7 @@ from collections import Counter
 from gearproto import PacketType
 from gearproto import events as ev
 
+from .case import Send
 from .deviations import Divergence, explain
 from .execute import PROBE_LABEL, ConnObservation, Observation
 from .verdict import FindingClass, Verdict
@@ -206,6 +207,7 @@ def compare(
                 Divergence(
                     sub, where, my_items, my_fate, their_items, their_fate,
                     mine.shadow.requests, mine.half_closed or theirs.half_closed,
+                    _sent(a, conn),
                 )
             )  # fmt: skip
             details["deviation"] = known.anchor if known is not None else None
@@ -216,6 +218,12 @@ def compare(
                 summary = f"[deviation: {known.heading}] {summary}"
         verdicts.append(Verdict(FindingClass.DIVERGENCE, key, summary, details))
     return verdicts
+
+
+def _sent(observation: Observation, conn: int) -> bytes:
+    return b"".join(
+        step.data for step in observation.case.steps if isinstance(step, Send) and step.conn == conn
+    )
 
 
 def _foreign_worker(obs: ConnObservation, prefix: bytes) -> bool:

@@ -8,6 +8,7 @@ a hand-built divergence, and run a short differential campaign between gearmand
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers.procs import GEARMAND, ServerProcess, start_process
 
+from gearproto import REQ, raw_packet
 from gearproto import events as ev
 from gearproto.fuzz.deviations import KNOWN_DEVIATIONS, Divergence, anchor_of, explain
 from gearproto.fuzz.shadow import Request, shadow_parse
@@ -144,3 +146,29 @@ def test_empty_create_function_is_explained_and_a_named_one_is_not() -> None:
     assert _explained(divergence) == "create-function-keeps-the-whole-name"
     named = shadow_parse(b"create function abc\r\n").requests
     assert _explained(_divergence(["ERR INVALID_ARGUMENTS"], ["OK"], requests=tuple(named))) is None
+
+
+def test_long_number_field_is_explained_only_when_it_is_long() -> None:
+    long_timeout = raw_packet(REQ, 23, [b"f", b"1500" + b"z" * 125])
+    requests = tuple(shadow_parse(long_timeout).requests)
+    divergence = _divergence([], [], theirs_fate="closed", requests=requests)
+    assert _explained(divergence) is None  # the raw field is not known
+    assert _explained(dataclasses.replace(divergence, sent_bytes=long_timeout)) == (
+        "every-field-is-held-to-its-limit"
+    )
+    short = raw_packet(REQ, 23, [b"f", b"1500"])
+    assert _explained(dataclasses.replace(divergence, sent_bytes=short)) is None
+
+
+def test_split_listing_does_not_hide_what_follows() -> None:
+    # gearmand split its listing in two, then closed on a six-token line.
+    lines = b"status\n drop \nstatus a b c d e f\n"
+    requests = tuple(shadow_parse(lines).requests)
+    divergence = _divergence(
+        ["listing", "ERR UNKNOWN_COMMAND", "ERR INVALID_ARGUMENTS"],
+        ["listing", "listing"],
+        where=1,
+        theirs_fate="closed",
+        requests=requests,
+    )
+    assert _explained(divergence) == "admin-lines-with-too-many-tokens-get-an-err-line"

@@ -4,9 +4,10 @@ Everything compiled here is optional; the Python sources stay the reference and 
 always installed (``GEARPROTO_PURE_PYTHON=1`` makes the package use them at run time).
 
 * ``gearproto._speedups``: the protocol core's receive loops, hand-written C.
-* The job server's scheduler core (``gearproto.server.core`` and the modules it runs
-  on), compiled by mypyc from its type-annotated sources when mypy is importable at
-  build time (it is in ``[build-system] requires``).  ``GEARPROTO_NO_MYPYC=1`` at
+* The job server's hot path (``gearproto.server.core`` and the modules it runs on,
+  the runners' shared glue and the asyncio runner), compiled by mypyc from its
+  type-annotated sources when mypy is importable at build time (it is in
+  ``[build-system] requires``).  ``GEARPROTO_NO_MYPYC=1`` at
   build time skips it.
 """
 
@@ -17,7 +18,7 @@ import os
 from setuptools import Extension, setup
 
 # The server modules compiled by mypyc (gearproto/server/_compiled.py lists the same).
-SERVER_MODULES = ("core", "_state", "_wire", "_handles")
+SERVER_MODULES = ("core", "_state", "_wire", "_handles", "_runner", "asyncio_runner")
 
 
 def _mypyc_extensions() -> list[Extension]:

@@ -1,8 +1,9 @@
 """Which implementation of the server's hot modules is imported: compiled or Python.
 
 The modules in :data:`MODULES` (the scheduler core and its records, wire codec and
-handle maker) are also built as C extensions by mypyc when the package is built
-with mypy available (see ``setup.py``); they behave exactly as their Python
+handle maker; the runners' shared glue and the asyncio runner) are also built as C
+extensions by mypyc when the package is built with mypy available (see
+``setup.py``); they behave exactly as their Python
 sources, which stay the reference and are always shipped.  A compiled module is
 used unless
 
@@ -42,7 +43,7 @@ except ImportError:  # pragma: no cover - mypy_extensions comes with mypy
 
 
 #: The modules mypyc compiles (names inside ``gearproto.server``).
-MODULES = ("core", "_state", "_wire", "_handles")
+MODULES = ("core", "_state", "_wire", "_handles", "_runner", "asyncio_runner")
 
 
 def _pure_python_forced() -> bool:

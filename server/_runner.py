@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+from ._compiled import mypyc_attr
 from ._store_writer import StoreWriter
 from .core import ServerCore
 from .storage import JobStore, MemoryStore, StoreBatch
@@ -40,6 +41,8 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+# Compiled by mypyc with the core; the trio runner (interpreted) subclasses it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RunnerBase:
     """Glue between a :class:`ServerCore`, its connections' sinks and a store."""
 

@@ -15,6 +15,7 @@ is aborted.
 from __future__ import annotations
 
 import asyncio
+import asyncio.protocols  # named for mypyc, which compiles this module
 import contextlib
 import socket
 import ssl as ssl_module
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ._compiled import mypyc_attr
 from ._runner import RunnerBase, log
 from ._state import PeerInfo
 from .core import ServerCore
@@ -38,6 +40,8 @@ _READ_SIZE = 64 * 1024
 DISCARD_SECONDS = 2.0
 
 
+# Ordinary Python classes even when compiled (asyncio subclasses, duck-typed sinks).
+@mypyc_attr(native_class=False)
 class _ServerProtocol(asyncio.BufferedProtocol):
     """Reads into the runner's shared scratch buffer, or, while a big packet is
     arriving, straight into that packet's own buffer (no copy of big payloads)."""
@@ -205,7 +209,8 @@ class AsyncioRunner(RunnerBase):
     def addresses(self) -> list[tuple[str, int]]:
         result = []
         for server in self.servers:
-            for sock in server.sockets:
+            sockets: Any = getattr(server, "sockets")  # noqa: B009 - a list under uvloop
+            for sock in sockets:
                 name = sock.getsockname()
                 result.append((str(name[0]), int(name[1])))
         return result
@@ -383,6 +388,7 @@ def _abort(transport: Any) -> None:
         transport.abort()
 
 
+@mypyc_attr(native_class=False)
 class _MemorySink:
     __slots__ = ("stream",)
 
@@ -400,6 +406,7 @@ class _MemorySink:
         self.stream._feed_eof()
 
 
+@mypyc_attr(native_class=False)
 class MemoryStream:
     """One in-memory connection to a server running on asyncio.
 

@@ -73,6 +73,23 @@ def test_the_trace_covers_what_it_claims() -> None:
     assert max(line[2] for line in lines if line[0] == "state") > 0, "no job ever held"
 
 
+def test_server_suites_pass_on_the_python_core_too() -> None:
+    """This installation runs the compiled core; its Python source must pass too."""
+    _needs_compiled()
+    suites = ["test_server_core.py", "test_server_core_regressions.py", "test_server_close.py"]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+        + [str(TESTS / suite) for suite in suites],
+        env={**os.environ, "GEARPROTO_PURE_PYTHON": "1"},
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=TESTS.parent,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout
+
+
 @pytest.mark.parametrize("value", ["1", "yes"])
 def test_gearproto_pure_python_forces_the_python_core(value: str) -> None:
     env = {**os.environ, "GEARPROTO_PURE_PYTHON": value}

@@ -27,9 +27,10 @@ After every operation the target checks:
   of the highest priority, and NO_JOB only when nothing is runnable;
 * memory stays bounded: buffers by the limits, jobs and bytes by the queue caps.
 
-Run it with atheris for long runs::
+Run it with atheris for long runs (the Python server core, so that atheris gets
+coverage feedback from it: the compiled one has no Python functions to instrument)::
 
-    python -m gearproto.fuzz.selftest_server -max_total_time=600 corpus/
+    GEARPROTO_PURE_PYTHON=1 python -m gearproto.fuzz.selftest_server -max_total_time=600 corpus/
 
 ``--explain FILE`` replays one input and prints its operations and the failure;
 without atheris, ``--hypothesis SECONDS`` drives :func:`check` with Hypothesis.  A

@@ -9,6 +9,7 @@ few seconds.  Together with tests/test_fuzz_core_target.py this stays under a mi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,8 @@ def test_atheris_smoke_run(tmp_path: Path) -> None:
         text=True,
         timeout=240,
         check=False,
+        # The Python server core, which atheris instruments (as long runs use it).
+        env={**os.environ, "GEARPROTO_PURE_PYTHON": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done 6000 runs" in result.stderr

@@ -57,6 +57,7 @@ class _SourceFinder:
         self.package = package
         self.directory = directory
         self.names = {f"{package}.{name}": name for name in MODULES}
+        self._use_source: bool | None = None
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -67,9 +68,23 @@ class _SourceFinder:
         source = os.path.join(self.directory, name + ".py")
         if not os.path.exists(source):
             return None  # a build without sources: the compiled module it is
-        if not _pure_python_forced() and not self._stale(name, source):
+        if not self._sources_win():
             return None  # the ordinary import picks the compiled module
         return importlib.util.spec_from_file_location(fullname, source)
+
+    def _sources_win(self) -> bool:
+        """Whether every module of :data:`MODULES` comes from its source.
+
+        Decided once, for all of them together: they are compiled as one group, and a
+        compiled module loads its compiled group mates directly, without asking this
+        finder; so one stale module (an edited ``_state.py`` next to an unchanged
+        ``core.py``) must send the whole group to its sources, or the edit would be
+        silently ignored."""
+        if self._use_source is None:
+            self._use_source = _pure_python_forced() or any(
+                self._stale(name, os.path.join(self.directory, name + ".py")) for name in MODULES
+            )
+        return self._use_source
 
     def _stale(self, name: str, source: str) -> bool:
         """True if there is no compiled module, or (in a source checkout) it is older

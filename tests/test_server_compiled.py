@@ -14,12 +14,14 @@ import ast
 import importlib.machinery
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import gearproto
 import gearproto.server
 from gearproto.server import _compiled
 
@@ -103,26 +105,73 @@ def test_gearproto_pure_python_forces_the_python_core(value: str) -> None:
     assert out.stdout.split() == ["python", "True"], out.stderr
 
 
-def test_a_stale_compiled_module_is_not_used(tmp_path: Path) -> None:
+def _fake_build(directory: Path) -> None:
+    """Every compiled module's source (older) and an extension file (newer)."""
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    for name in _compiled.MODULES:
+        source, built = directory / f"{name}.py", directory / (name + suffix)
+        source.write_text("X = 1\n")
+        built.write_bytes(b"")
+        os.utime(source, (1000, 1000))
+        os.utime(built, (2000, 2000))
+
+
+def test_a_stale_compiled_module_is_not_used(tmp_path: Path) -> None:
+    _fake_build(tmp_path)
     source = tmp_path / "core.py"
-    built = tmp_path / ("core" + suffix)
-    source.write_text("X = 1\n")
-    built.write_bytes(b"")
-    finder = _compiled._SourceFinder("pkg", str(tmp_path))
-    os.utime(source, (1000, 1000))
-    os.utime(built, (2000, 2000))
     if os.environ.get("GEARPROTO_PURE_PYTHON", "0") in ("", "0"):
-        assert finder.find_spec("pkg.core", None) is None  # fresh: the compiled one
+        fresh = _compiled._SourceFinder("pkg", str(tmp_path))
+        assert fresh.find_spec("pkg.core", None) is None  # fresh: the compiled one
     os.utime(source, (3000, 3000))
-    spec = finder.find_spec("pkg.core", None)  # edited after the build: the source
-    assert spec is not None
+    spec = _compiled._SourceFinder("pkg", str(tmp_path)).find_spec("pkg.core", None)
+    assert spec is not None  # edited after the build: the source
     assert spec.origin == str(source)
+    finder = _compiled._SourceFinder("pkg", str(tmp_path))
     assert finder.find_spec("pkg.storage", None) is None  # not a compiled module
-    built.unlink()
-    spec = finder.find_spec("pkg.core", None)
-    assert spec is not None
+    os.utime(source, (1000, 1000))
+    (tmp_path / ("core" + importlib.machinery.EXTENSION_SUFFIXES[0])).unlink()
+    spec = _compiled._SourceFinder("pkg", str(tmp_path)).find_spec("pkg.core", None)
+    assert spec is not None  # not built at all: the source
     assert spec.origin == str(source)
+
+
+def test_one_stale_module_sends_the_whole_group_to_its_sources(tmp_path: Path) -> None:
+    _fake_build(tmp_path)
+    os.utime(tmp_path / "_state.py", (3000, 3000))
+    finder = _compiled._SourceFinder("pkg", str(tmp_path))
+    for name in _compiled.MODULES:
+        spec = finder.find_spec(f"pkg.{name}", None)
+        assert spec is not None, name
+        assert spec.origin == str(tmp_path / f"{name}.py")
+
+
+def test_an_edited_group_mate_is_not_ignored_by_the_compiled_core(tmp_path: Path) -> None:
+    """The real build: a copy of the installed package with ``_state.py`` edited
+    after the build imports every server module from its source."""
+    _needs_compiled()
+    package = Path(gearproto.__file__).parent
+    copy = tmp_path / "gearproto"
+    shutil.copytree(package, copy, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
+    for extension in copy.rglob("*.so"):
+        os.utime(extension, (2000, 2000))
+    for source in copy.rglob("*.py"):
+        os.utime(source, (1000, 1000))
+    os.utime(copy / "server" / "_state.py", (3000, 3000))
+    probe = (
+        "import sys, gearproto.server as s, gearproto.server.core;"
+        "print(s.IMPLEMENTATION, *sorted(m.rsplit('.', 1)[1] for m in sys.modules"
+        " if m.startswith('gearproto.server.') and sys.modules[m].__file__.endswith('.so')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "GEARPROTO_PURE_PYTHON": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.split() == ["python"], out.stderr
 
 
 def test_the_compiled_list_matches_the_build() -> None:

@@ -80,10 +80,10 @@ class RunnerBase:
                 continue
             if chunks:
                 if len(chunks) == 1:
-                    sink.write(chunks[0])
+                    self.write_to(conn_id, sink, chunks[0])
                 else:
                     if sum(map(len, chunks)) <= _JOIN_LIMIT:
-                        sink.write(b"".join(chunks))
+                        self.write_to(conn_id, sink, b"".join(chunks))
                     else:
                         sink.writelines(chunks)
                 if paused and conn_id in paused:
@@ -98,6 +98,10 @@ class RunnerBase:
         ):
             self.store_scheduled = True
             self.schedule_store()
+
+    def write_to(self, conn_id: Any, sink: Any, data: Any) -> None:
+        """Write one joined chunk of ``conn_id``'s output (runners may bypass ``sink``)."""
+        sink.write(data)
 
     def close_sink(self, sink: Any) -> None:
         """Close a connection once its output is written (runners bound the wait)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.protocols  # named for mypyc, which compiles this module
 import contextlib
+import os
 import socket
 import ssl as ssl_module
 import time
@@ -78,6 +79,9 @@ class _ServerProtocol(asyncio.BufferedProtocol):
         self.conn_id = conn_id = runner.new_conn_id()
         runner.sinks[conn_id] = transport  # type: ignore[assignment]
         peercert = transport.get_extra_info("peercert")
+        if fd >= 0 and transport.get_extra_info("ssl_object") is None and peercert is None:
+            # A plain socket: replies may be written to it directly (see write_to).
+            runner.direct_fds[conn_id] = fd
         pause = runner.output_pause
         transport.set_write_buffer_limits(high=pause, low=pause // 4)  # type: ignore[attr-defined]
         if not runner.core.connect(conn_id, PeerInfo(host, port, fd, peercert), time.time()):
@@ -126,6 +130,7 @@ class _ServerProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         runner = self.runner
         runner.sinks.pop(self.conn_id, None)
+        runner.direct_fds.pop(self.conn_id, None)
         runner.paused.pop(self.conn_id, None)
         runner.core.disconnect(self.conn_id, time.time())
         runner.flush()
@@ -167,6 +172,9 @@ class AsyncioRunner(RunnerBase):
         self._stopped = asyncio.Event()
         self._idle_check = False
         self.flush_scheduled = False
+        #: Plain-socket connections' file descriptors, for writes that bypass the
+        #: transport while it holds no unsent output.
+        self.direct_fds: dict[Any, int] = {}
         # One read buffer for every connection: a read is consumed before the next.
         self.scratch = memoryview(bytearray(_READ_SIZE))
         self.output_pause = core.config.output_pause
@@ -283,6 +291,24 @@ class AsyncioRunner(RunnerBase):
             self.loop.call_soon_threadsafe(self.writer_done, batch, error)
 
     # ------------------------------------------------------------ output limits
+
+    def write_to(self, conn_id: Any, sink: Any, data: Any) -> None:
+        # While the transport holds no unsent output, a write to the socket itself
+        # keeps the order of the bytes and skips the transport's per-write work; what
+        # the kernel does not take (and every error) is left to the transport.
+        fd = self.direct_fds.get(conn_id, -1)
+        if fd < 0 or sink.get_write_buffer_size():
+            sink.write(data)
+            return
+        try:
+            sent = os.write(fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sink.write(data)  # the transport reports the broken connection
+            return
+        if sent < len(data):
+            sink.write(memoryview(data)[sent:])
 
     def close_sink(self, sink: Any) -> None:
         protocol = getattr(sink, "get_protocol", lambda: None)()

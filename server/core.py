@@ -378,13 +378,24 @@ class ServerCore:
             if buf[pos] == 0:
                 if n - pos < 12:
                     break
-                magic, ptype, size = unpack(buf, pos)
+                # The header's numbers read byte by byte: compiled, these are plain
+                # integer operations (no struct call, no tuple or magic object).
+                ptype = (buf[pos + 4] << 24) | (buf[pos + 5] << 16) | (buf[pos + 6] << 8)
+                ptype |= buf[pos + 7]
+                size = (buf[pos + 8] << 24) | (buf[pos + 9] << 16) | (buf[pos + 10] << 8)
+                size |= buf[pos + 11]
                 end = pos + 12 + size
                 # Fast paths for the packets of every job (decoded inline, no event
                 # object); anything unusual falls through to the general path.
                 # A type no request has is refused at its header (below), not after
                 # its whole declared body was buffered.
-                if magic == b"\0REQ" and size <= max_packet and 0 < ptype <= 42:
+                if (
+                    buf[pos + 1] == 82  # "\0REQ"
+                    and buf[pos + 2] == 69
+                    and buf[pos + 3] == 81
+                    and size <= max_packet
+                    and 0 < ptype <= 42
+                ):
                     if end > n:
                         break
                     start = pos + 12
@@ -410,6 +421,7 @@ class ServerCore:
                                 )  # fmt: skip
                                 pos = end
                                 continue
+                magic = buf[pos : pos + 4]
                 verdict = self._packet(peer, buf, pos, magic, ptype, size, end, n, now)
                 if verdict:
                     if verdict == _INCOMPLETE:

@@ -82,7 +82,12 @@ class RunnerBase:
                 if len(chunks) == 1:
                     self.write_to(conn_id, sink, chunks[0])
                 else:
-                    if sum(map(len, chunks)) <= _JOIN_LIMIT:
+                    # Typed loosely: a chunk may be a view of a big packet's buffer.
+                    items: list[Any] = chunks
+                    total = 0
+                    for chunk in items:
+                        total += len(chunk)
+                    if total <= _JOIN_LIMIT:
                         self.write_to(conn_id, sink, b"".join(chunks))
                     else:
                         sink.writelines(chunks)

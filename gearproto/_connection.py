@@ -1571,12 +1571,13 @@ class Connection:
         if self.side is not Side.CLIENT or self._state is not ConnectionState.OPEN:
             return None
         function, unique, data, priority, background = event
-        if type(priority) is not Priority and type(priority) is not int:
+        if type(background) is not bool or (
+            type(priority) is not Priority and type(priority) is not int
+        ):
             return None  # (bool and float compare equal to 0/1 too: the slow path decides)
         ptype = _FAST_SUBMIT_TYPES.get((priority, background))
         if (
             ptype is None
-            or type(background) is not bool
             or type(function) is not bytes
             or type(unique) is not bytes
             or type(data) is not bytes

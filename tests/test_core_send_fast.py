@@ -34,8 +34,8 @@ def outcome(send: Any, event: Any) -> tuple[str, object]:
 
 
 field = st.binary(max_size=12) | st.sampled_from([b"", b"fn", b"a\0b", b"\0"])
-priorities = st.sampled_from([0, 1, 2, 3, -1, True, False, 1.0, *Priority])
-backgrounds = st.sampled_from([False, True, 0, 1, None])
+priorities = st.sampled_from([0, 1, 2, 3, -1, True, False, 1.0, [1], *Priority])
+backgrounds = st.sampled_from([False, True, 0, 1, None, [True]])  # a list is unhashable
 
 
 @given(field, field, st.binary(max_size=70), priorities, backgrounds)

@@ -4,6 +4,8 @@ Everything compiled here is optional; the Python sources stay the reference and 
 always installed (``GEARPROTO_PURE_PYTHON=1`` makes the package use them at run time).
 
 * ``gearproto._speedups``: the protocol core's receive loops, hand-written C.
+* ``gearproto.server._speedups``: two primitives of the job server's hot path (a
+  packet built in one allocation, a socket write that keeps the GIL), hand-written C.
 * The job server's hot path (``gearproto.server.core`` and the modules it runs on,
   the runners' shared glue and the asyncio runner), compiled by mypyc from its
   type-annotated sources when mypy is importable at build time (it is in
@@ -38,6 +40,9 @@ def _mypyc_extensions() -> list[Extension]:
 setup(
     ext_modules=[
         Extension("gearproto._speedups", ["gearproto/_speedups.c"], optional=True),
+        Extension(
+            "gearproto.server._speedups", ["gearproto/server/_speedups.c"], optional=True
+        ),
         *_mypyc_extensions(),
     ]
 )

@@ -90,7 +90,7 @@ class RunnerBase:
                     if total <= _JOIN_LIMIT:
                         self.write_to(conn_id, sink, b"".join(chunks))
                     else:
-                        sink.writelines(chunks)
+                        self.write_chunks_to(conn_id, sink, chunks)
                 if paused and conn_id in paused:
                     self.check_output(conn_id, sink)
             if close:
@@ -107,6 +107,10 @@ class RunnerBase:
     def write_to(self, conn_id: Any, sink: Any, data: Any) -> None:
         """Write one joined chunk of ``conn_id``'s output (runners may bypass ``sink``)."""
         sink.write(data)
+
+    def write_chunks_to(self, conn_id: Any, sink: Any, chunks: list[Any]) -> None:
+        """Write ``conn_id``'s output as separate chunks (big payloads: no join)."""
+        sink.writelines(chunks)
 
     def close_sink(self, sink: Any) -> None:
         """Close a connection once its output is written (runners bound the wait)."""

@@ -15,6 +15,7 @@ library remains the one place that defines what is malformed.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -238,6 +239,38 @@ from gearproto import NEED_DATA as _NEED_DATA  # noqa: E402
 # --------------------------------------------------------------------------- encode
 
 
+def _res_packet(ptype: int, *parts: bytes | memoryview) -> bytes:
+    """A whole ``\0RES`` packet whose body is ``parts`` joined."""
+    body = b"".join(parts)
+    return _pack(RES, ptype, len(body)) + body
+
+
+def _write_nonblocking(fd: int, data: bytes | memoryview) -> int:
+    """One write to the non-blocking ``fd``: the bytes taken, 0 if none can be now."""
+    try:
+        return os.write(fd, data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
+def _c_primitives() -> tuple[Callable[..., bytes], Callable[[int, Any], int]]:
+    """The C versions (``gearproto.server._speedups``) of the two primitives above
+    when they are built and not switched off, else the Python ones."""
+    if os.environ.get("GEARPROTO_PURE_PYTHON", "0") in ("", "0"):
+        try:
+            from gearproto.server import _speedups
+        except ImportError:
+            pass
+        else:
+            return _speedups.res_packet, _speedups.write_nonblocking
+    return _res_packet, _write_nonblocking
+
+
+#: ``res_packet(ptype, *parts)``: the server's packets, header and body in one object.
+#: ``write_nonblocking(fd, data)``: a socket write that keeps the GIL (it never waits).
+res_packet, write_nonblocking = _c_primitives()
+
+
 class Encoder:
     """Formats every packet the server sends (``\\0RES`` magic)."""
 
@@ -252,10 +285,9 @@ class Encoder:
     def with_payload(ptype: int, head: bytes, payload: bytes | memoryview) -> list[Any]:
         """``head`` (NUL-terminated fields) then ``payload``: one chunk, or two for
         large payloads so the payload is never copied."""
-        header = _pack(RES, ptype, len(head) + len(payload))
         if len(payload) <= _JOIN_PAYLOAD:
-            return [header + head + payload]
-        return [header + head, payload]
+            return [res_packet(ptype, head, payload)]
+        return [_pack(RES, ptype, len(head) + len(payload)) + head, payload]
 
 
 NOOP = _pack(RES, 6, 0)

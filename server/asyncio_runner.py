@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import asyncio.protocols  # named for mypyc, which compiles this module
 import contextlib
-import os
 import socket
 import ssl as ssl_module
 import time
@@ -27,13 +26,11 @@ from typing import Any
 from ._compiled import mypyc_attr
 from ._runner import RunnerBase, log
 from ._state import PeerInfo
+from ._wire import write_nonblocking
 from .core import ServerCore
 from .storage import JobStore, StoreBatch
 
 __all__ = ["AsyncioRunner", "MemoryStream"]
-
-
-_READ_SIZE = 64 * 1024
 
 # How long a connection the server closed keeps having its input read and discarded
 # (after its write side is shut down), so that closing it does not reset it while the
@@ -43,18 +40,19 @@ DISCARD_SECONDS = 2.0
 
 # Ordinary Python classes even when compiled (asyncio subclasses, duck-typed sinks).
 @mypyc_attr(native_class=False)
-class _ServerProtocol(asyncio.BufferedProtocol):
-    """Reads into the runner's shared scratch buffer, or, while a big packet is
-    arriving, straight into that packet's own buffer (no copy of big payloads)."""
+class _ServerProtocol(asyncio.Protocol):
+    """Hands each read to the core as it comes (one bytes object per read: the
+    cheapest way for the loop to deliver small packets).  While a big packet is
+    arriving, the transport is switched to a :class:`_FrameProtocol` that reads
+    straight into that packet's own buffer (no copy of big payloads)."""
 
-    __slots__ = ("_filled", "_frame_view", "conn_id", "discarding", "runner", "transport")
+    __slots__ = ("conn_id", "discarding", "frame_protocol", "runner", "transport")
 
     def __init__(self, runner: AsyncioRunner) -> None:
         self.runner = runner
         self.conn_id = 0
         self.transport: asyncio.Transport | None = None
-        self._frame_view: memoryview | None = None
-        self._filled = 0
+        self.frame_protocol: _FrameProtocol | None = None
         #: Set once the server closed the connection: input is read and dropped.
         self.discarding = False
 
@@ -90,34 +88,56 @@ class _ServerProtocol(asyncio.BufferedProtocol):
         if runner.armed_for is None:
             runner.after_timers_changed()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self._frame_view is not None and not self.discarding:
-            return self._frame_view[self._filled :]
-        return self.runner.scratch
-
-    def buffer_updated(self, nbytes: int) -> None:
-        runner = self.runner
-        core = runner.core
-        frame = self._frame_view
+    def data_received(self, data: bytes) -> None:
         if self.discarding:
             return
-        if frame is not None:
-            self._filled += nbytes
-            if self._filled < len(frame):
-                return
-            self._frame_view = None
-            core.receive_frame(self.conn_id, frame, time.time())
-            del frame
-        else:
-            if core.receive(self.conn_id, bytes(runner.scratch[:nbytes]), time.time()):
-                large = core.take_large_frame(self.conn_id)
-                if large is not None:
-                    self._frame_view, self._filled = large
+        runner = self.runner
+        core = runner.core
+        if core.receive(self.conn_id, data, time.time()):
+            large = core.take_large_frame(self.conn_id)
+            if large is not None:
+                frame = self.frame_protocol
+                if frame is None:
+                    frame = self.frame_protocol = _FrameProtocol(self)
+                frame.view, frame.filled = large
+                self.use_protocol(frame)
         if not runner.flush_scheduled:
             # Flush once per loop iteration: replies produced by every connection that
             # was readable in this iteration go out in one write per peer.
             runner.flush_scheduled = True
             runner.loop.call_soon(runner.deferred_flush)
+
+    def use_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Make ``protocol`` the one the transport delivers reads to.
+
+        uvloop picks its read callbacks when reading starts, so reading is stopped
+        and restarted around the switch (asyncio's own transports switch at once).
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        reading = transport.is_reading()
+        if reading:
+            transport.pause_reading()
+        transport.set_protocol(protocol)
+        if reading:
+            transport.resume_reading()
+
+    def frame_done(self, view: memoryview) -> None:
+        """The big packet being read into ``view`` is complete."""
+        self.use_protocol(self)
+        runner = self.runner
+        runner.core.receive_frame(self.conn_id, view, time.time())
+        if not runner.flush_scheduled:
+            runner.flush_scheduled = True
+            runner.loop.call_soon(runner.deferred_flush)
+
+    def stop_frame(self) -> None:
+        """Drop a big packet in progress (the connection is being closed)."""
+        frame = self.frame_protocol
+        if frame is not None and frame.view is not None:
+            frame.view = None
+            self.use_protocol(self)
 
     def eof_received(self) -> bool:
         if self.discarding:
@@ -131,6 +151,7 @@ class _ServerProtocol(asyncio.BufferedProtocol):
         runner = self.runner
         runner.sinks.pop(self.conn_id, None)
         runner.direct_fds.pop(self.conn_id, None)
+        runner.backlogged.pop(self.conn_id, None)
         runner.paused.pop(self.conn_id, None)
         runner.core.disconnect(self.conn_id, time.time())
         runner.flush()
@@ -150,6 +171,47 @@ class _ServerProtocol(asyncio.BufferedProtocol):
         self.runner.paused.pop(self.conn_id, None)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+
+@mypyc_attr(native_class=False)
+class _FrameProtocol(asyncio.BufferedProtocol):
+    """Receives the rest of one big packet into its own buffer, then hands the
+    connection back to its :class:`_ServerProtocol` (every other event goes there)."""
+
+    __slots__ = ("filled", "main", "view")
+
+    def __init__(self, main: _ServerProtocol) -> None:
+        self.main = main
+        self.view: memoryview | None = None
+        self.filled = 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self.view
+        if view is None:  # pragma: no cover - switched back before another read
+            raise RuntimeError("no big packet is being received")
+        return view[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self.view
+        if view is None:  # pragma: no cover - see get_buffer
+            return
+        self.filled += nbytes
+        if self.filled >= len(view):
+            self.view = None
+            self.main.frame_done(view)
+
+    def eof_received(self) -> bool:
+        return self.main.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.view = None
+        self.main.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.main.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.main.resume_writing()
 
 
 class AsyncioRunner(RunnerBase):
@@ -175,8 +237,8 @@ class AsyncioRunner(RunnerBase):
         #: Plain-socket connections' file descriptors, for writes that bypass the
         #: transport while it holds no unsent output.
         self.direct_fds: dict[Any, int] = {}
-        # One read buffer for every connection: a read is consumed before the next.
-        self.scratch = memoryview(bytearray(_READ_SIZE))
+        #: Direct-write connections whose transport may hold unsent output.
+        self.backlogged: dict[Any, None] = {}
         self.output_pause = core.config.output_pause
         # A TLS handshake is a partial packet too: it gets the same time limit.
         self.handshake_timeout = core.config.partial_timeout or None
@@ -295,23 +357,38 @@ class AsyncioRunner(RunnerBase):
     def write_to(self, conn_id: Any, sink: Any, data: Any) -> None:
         # While the transport holds no unsent output, a write to the socket itself
         # keeps the order of the bytes and skips the transport's per-write work; what
-        # the kernel does not take (and every error) is left to the transport.
+        # the kernel does not take (and every error) is left to the transport.  Only
+        # a connection whose output went through the transport (``backlogged``) has
+        # the transport asked whether it is still writing.
         fd = self.direct_fds.get(conn_id, -1)
-        if fd < 0 or sink.get_write_buffer_size():
+        if fd < 0:
             sink.write(data)
             return
+        backlogged = self.backlogged
+        if backlogged and conn_id in backlogged:
+            if sink.get_write_buffer_size():
+                sink.write(data)
+                return
+            del backlogged[conn_id]
         try:
-            sent = os.write(fd, data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            sent = write_nonblocking(fd, data)
         except OSError:
+            backlogged[conn_id] = None
             sink.write(data)  # the transport reports the broken connection
             return
         if sent < len(data):
+            backlogged[conn_id] = None
             sink.write(memoryview(data)[sent:])
+
+    def write_chunks_to(self, conn_id: Any, sink: Any, chunks: list[Any]) -> None:
+        if conn_id in self.direct_fds:
+            self.backlogged[conn_id] = None
+        sink.writelines(chunks)
 
     def close_sink(self, sink: Any) -> None:
         protocol = getattr(sink, "get_protocol", lambda: None)()
+        if isinstance(protocol, _FrameProtocol):
+            protocol = protocol.main
         if isinstance(protocol, _ServerProtocol) and sink.can_write_eof():
             if sink.is_closing():
                 return
@@ -319,7 +396,7 @@ class AsyncioRunner(RunnerBase):
             # dropped until the peer's EOF or DISCARD_SECONDS, and only then the socket
             # is closed (closing it with unread input would reset the connection).
             protocol.discarding = True
-            protocol._frame_view = None
+            protocol.stop_frame()
             sink.write_eof()
             if not sink.is_closing():
                 sink.resume_reading()

@@ -865,7 +865,7 @@ class ServerCore:
             self._persist(job)
             self._hold(peer, job)
             return
-        peer.out.append(_pack_header(_RES, 8, len(handle)) + handle)
+        peer.out.append(_res_packet(8, handle))
         if not peer.dirty:
             peer.dirty = True
             self._dirty.append(peer)
@@ -1061,6 +1061,13 @@ class ServerCore:
         job = self._grab(peer, now)
         if job is None:
             self._out(peer, wire.NO_JOB)
+        elif len(job.data) <= _JOIN_PAYLOAD:
+            # The common case in one object: no head to build and concatenate first.
+            nul = b"\0"
+            self._out(
+                peer,
+                _res_packet(31, job.handle, nul, job.function.name, nul, job.unique, nul, job.data),
+            )
         else:
             head = job.handle + b"\0" + job.function.name + b"\0" + job.unique + b"\0"
             self._outs(peer, _with_payload(31, head, job.data))
@@ -1202,8 +1209,13 @@ class ServerCore:
             return
         clients = job.clients
         if clients:
-            header = _pack_header(_RES, 13, len(handle) + 1 + len(data)) + handle + b"\0"
-            chunks = [header + data] if len(data) <= _JOIN_PAYLOAD else [header, data]
+            # Typed loosely: a big payload is a view of the buffer it arrived in.
+            chunks: list[Any]
+            if len(data) <= _JOIN_PAYLOAD:
+                chunks = [_res_packet(13, handle, b"\0", data)]
+            else:
+                header = _pack_header(_RES, 13, len(handle) + 1 + len(data)) + handle + b"\0"
+                chunks = [header, data]
             dirty = self._dirty
             for client in clients:
                 client.out += chunks
@@ -1521,9 +1533,11 @@ class ServerCore:
 
 
 def _find_nul(buf: bytes, start: int, stop: int) -> int:
-    """The index of the first NUL in ``buf[start:stop]``, or -1.  Fields are short:
-    compiled, a byte loop beats ``bytes.find``'s argument parsing; long spans use it."""
-    if stop - start > 64:
+    """The index of the first NUL in ``buf[start:stop]``, or -1.  Fields are short
+    and the scan ends at the first NUL: compiled, a byte loop beats ``bytes.find``'s
+    argument parsing.  Only a span that must be scanned far (a limit raised well past
+    the defaults, and a field that does not end early) is left to ``bytes.find``."""
+    if stop - start > 4096:
         return buf.find(b"\0", start, stop)
     i = start
     while i < stop:
@@ -1535,6 +1549,7 @@ def _find_nul(buf: bytes, start: int, stop: int) -> int:
 
 _with_payload = wire.Encoder.with_payload
 _pack_header = wire._pack
+_res_packet = wire.res_packet
 _unpack_header = wire._unpack
 # What ServerCore._packet found.
 _INCOMPLETE = 1

@@ -437,6 +437,256 @@ check_args(PyObject *const *args, Py_ssize_t nargs, const char *name)
     return 0;
 }
 
+/* ------------------------------------------------- shared by both loops */
+
+enum side { SERVER, CLIENT };
+
+/* What a loop holds for one call.  Both sides read the same packet headers and the
+   same three work packets (WORK_*, WORK_STATUS, WORK_FAIL), which differ only in how
+   the connection keeps the handles they may name; holding that here lets one
+   implementation of each serve both loops. */
+typedef struct {
+    enum side side;
+    PyObject *conn;
+    PyObject *srcobj;
+    const char *src;
+    Py_ssize_t n;
+    PyObject *ready;   /* Connection._ready, a list */
+    PyObject *pending; /* Connection._pending */
+    PyObject *limits;
+    /* SERVER: the set of handles of the jobs this worker holds.
+       CLIENT: dict handle -> how many of this client's foreground submissions
+       wait on it. */
+    PyObject *handles;
+    PyObject *finished; /* CLIENT: Connection._finished, replaced on a trim */
+    Py_ssize_t max_function, max_unique;
+    Py_ssize_t fast_max; /* larger bodies always take the slow path */
+} LoopState;
+
+/* Fill ``lp`` for a call of a loop; -1 on error, after which loop_close() is still
+   due (every reference not taken is NULL). */
+static int
+loop_open(LoopState *lp, enum side side, PyObject *const *args, Py_ssize_t nargs,
+          const char *name)
+{
+    memset(lp, 0, sizeof *lp);
+    lp->side = side;
+    if (check_args(args, nargs, name) < 0)
+        return -1;
+    PyObject *conn = lp->conn = args[0];
+    lp->srcobj = args[1];
+    lp->src = PyBytes_AS_STRING(lp->srcobj);
+    lp->n = PyBytes_GET_SIZE(lp->srcobj);
+    if ((lp->ready = get_list(conn, s_ready)) == NULL ||
+        (lp->pending = PyObject_GetAttr(conn, s_pending)) == NULL)
+        return -1;
+    if (side == SERVER) {
+        if ((lp->handles = PyObject_GetAttr(conn, s_worker_handles)) == NULL)
+            return -1;
+        if (!PySet_CheckExact(lp->handles)) {
+            PyErr_SetString(PyExc_TypeError, "Connection._worker_handles must be a set");
+            return -1;
+        }
+    }
+    else if ((lp->handles = get_dict(conn, s_client_handles)) == NULL ||
+             (lp->finished = get_dict(conn, s_finished)) == NULL)
+        return -1;
+    Py_ssize_t max_packet;
+    if ((lp->limits = PyObject_GetAttr(conn, s_limits)) == NULL ||
+        attr_limit(lp->limits, s_max_function, &lp->max_function) < 0 ||
+        attr_limit(lp->limits, s_max_unique, &lp->max_unique) < 0 ||
+        attr_limit(conn, s_max_packet, &max_packet) < 0)
+        return -1;
+    lp->fast_max = large_body - 1 < max_packet ? large_body - 1 : max_packet;
+    return 0;
+}
+
+static void
+loop_close(LoopState *lp)
+{
+    Py_XDECREF(lp->ready);
+    Py_XDECREF(lp->pending);
+    Py_XDECREF(lp->limits);
+    Py_XDECREF(lp->handles);
+    Py_XDECREF(lp->finished);
+}
+
+enum { HEADER_SLOW, HEADER_FAST, HEADER_PARTIAL };
+
+/* The header at ``pos``: HEADER_FAST (with the packet type and body size) for a packet
+   the fast paths may take, HEADER_PARTIAL for one whose body has not all arrived (the
+   loop stops there: the caller buffers the rest), else HEADER_SLOW. */
+static inline int
+fast_header(const LoopState *lp, Py_ssize_t pos, unsigned long long base,
+            unsigned long long *ptype, Py_ssize_t *size)
+{
+    if (lp->n - pos < HEADER) /* less than a header left */
+        return HEADER_SLOW;
+    const unsigned char *p = (const unsigned char *)lp->src + pos;
+    unsigned long long key = read_u64(p);
+    *size = read_u32(p + 8);
+    /* magic and type in one test: 1..42 only for the magic of this side's input */
+    *ptype = key - base;
+    if (!(key > base && *ptype < NTYPES && *size <= lp->fast_max))
+        return HEADER_SLOW;
+    return pos + HEADER + *size > lp->n ? HEADER_PARTIAL : HEADER_FAST;
+}
+
+/* Whether the handle src[start:start+len] names one of the connection's jobs: 1 with
+   a new reference to the handle (and, on the client, when ``count`` is not NULL, to
+   its count), 0 when it does not (the slow path reports it), -1 on error. */
+static int
+held_handle(LoopState *lp, Py_ssize_t start, Py_ssize_t len, PyObject **handle,
+            PyObject **count)
+{
+    *handle = PyBytes_FromStringAndSize(lp->src + start, len);
+    if (*handle == NULL)
+        return -1;
+    int held;
+    if (lp->side == SERVER)
+        held = PySet_Contains(lp->handles, *handle);
+    else {
+        PyObject *c = PyDict_GetItemWithError(lp->handles, *handle);
+        held = c != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
+        if (c != NULL && count != NULL)
+            *count = Py_NewRef(c);
+    }
+    if (held <= 0)
+        Py_CLEAR(*handle);
+    return held;
+}
+
+/* The end of the job of ``handle`` (WORK_COMPLETE, WORK_EXCEPTION, WORK_FAIL).  The
+   server forgets the handle.  The client, whose count says how many of its
+   foreground submissions got this handle, does ``if count == 1: del handles[h];
+   finished[h] = None (trimmed) else: handles[h] = count - 1``. */
+static int
+end_job(LoopState *lp, PyObject *handle, PyObject *count)
+{
+    if (lp->side == SERVER)
+        return PySet_Discard(lp->handles, handle) < 0 ? -1 : 0;
+    int is_one = PyObject_RichCompareBool(count, one, Py_EQ);
+    if (is_one < 0)
+        return -1;
+    if (!is_one) {
+        PyObject *less = PyNumber_Subtract(count, one);
+        if (less == NULL)
+            return -1;
+        int rc = PyDict_SetItem(lp->handles, handle, less);
+        Py_DECREF(less);
+        return rc;
+    }
+    if (PyDict_DelItem(lp->handles, handle) < 0 ||
+        PyDict_SetItem(lp->finished, handle, Py_None) < 0)
+        return -1;
+    if (PyDict_GET_SIZE(lp->finished) > finished_max) {
+        PyObject *r = PyObject_CallMethodNoArgs(lp->conn, s_trim_finished);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        /* the trim replaces the dict */
+        PyObject *fresh = get_dict(lp->conn, s_finished);
+        if (fresh == NULL)
+            return -1;
+        Py_SETREF(lp->finished, fresh);
+    }
+    return 0;
+}
+
+/* The three work packets below return 1 with the event in ``*event``, 0 when the
+   slow path must take the packet, -1 on error. */
+
+/* WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION: handle\0data. */
+static int
+work_event(LoopState *lp, unsigned long long ptype, Py_ssize_t start, Py_ssize_t end,
+           PyObject **event)
+{
+    const char *src = lp->src;
+    const char *nul = memchr(src + start, 0, (size_t)(end - start));
+    if (nul == NULL)
+        return 0;
+    PyObject *handle, *count = NULL;
+    int held = held_handle(lp, start, nul - (src + start), &handle, &count);
+    if (held <= 0)
+        return held;
+    /* Each side ends the job where its Python loop does: the client before it makes
+       the event, the server after.  Kept apart, not unified, so that an error part
+       way (a MemoryError, _trim_finished raising) leaves the handles as each loop
+       always has. */
+    int ends_here = ends_job[ptype];
+    int rc = -1;
+    if (ends_here && lp->side == CLIENT && end_job(lp, handle, count) < 0)
+        goto done;
+    PyObject *data = PyBytes_FromStringAndSize(nul + 1, (src + end) - (nul + 1));
+    if (data == NULL)
+        goto done;
+    PyObject *items[2] = {Py_NewRef(handle), data};
+    if ((*event = make_event(classes[ptype], 2, items)) == NULL)
+        goto done;
+    if (ends_here && lp->side == SERVER && end_job(lp, handle, count) < 0) {
+        Py_CLEAR(*event);
+        goto done;
+    }
+    rc = 1;
+done:
+    Py_DECREF(handle);
+    Py_XDECREF(count);
+    return rc;
+}
+
+/* WORK_STATUS: handle\0numerator\0denominator.  Longer numbers than ``max_digits``
+   take the slow path, whose parse_int() caps them. */
+static int
+work_status_event(LoopState *lp, Py_ssize_t start, Py_ssize_t end, Py_ssize_t max_digits,
+                  PyObject **event)
+{
+    const char *src = lp->src;
+    Py_ssize_t cuts[3];
+    if (split_nul(src, start, end, 2, cuts) != 3)
+        return 0;
+    const char *num = src + cuts[0] + 1;
+    Py_ssize_t num_len = cuts[1] - (cuts[0] + 1);
+    const char *den = src + cuts[1] + 1;
+    Py_ssize_t den_len = end - (cuts[1] + 1);
+    if (!is_digits(num, num_len) || !is_digits(den, den_len) || num_len > max_digits ||
+        den_len > max_digits)
+        return 0;
+    PyObject *handle;
+    int held = held_handle(lp, start, cuts[0] - start, &handle, NULL);
+    if (held <= 0)
+        return held;
+    PyObject *items[3] = {handle, NULL, NULL};
+    if ((items[1] = digits_to_int(num, num_len)) == NULL) {
+        Py_DECREF(handle);
+        return -1;
+    }
+    if ((items[2] = digits_to_int(den, den_len)) == NULL) {
+        Py_DECREF(handle);
+        Py_DECREF(items[1]);
+        return -1;
+    }
+    *event = make_event(WorkStatus, 3, items);
+    return *event == NULL ? -1 : 1;
+}
+
+/* WORK_FAIL: the body is the handle. */
+static int
+work_fail_event(LoopState *lp, Py_ssize_t start, Py_ssize_t end, PyObject **event)
+{
+    PyObject *handle, *count = NULL;
+    int held = held_handle(lp, start, end - start, &handle, &count);
+    if (held <= 0)
+        return held;
+    int rc = end_job(lp, handle, count);
+    Py_XDECREF(count);
+    if (rc < 0) {
+        Py_DECREF(handle);
+        return -1;
+    }
+    *event = make_event(WorkFail, 1, &handle);
+    return *event == NULL ? -1 : 1;
+}
+
 /* ---------------------------------------------------------- server loop */
 
 PyDoc_STRVAR(parse_requests_doc,
@@ -447,42 +697,23 @@ PyDoc_STRVAR(parse_requests_doc,
 static PyObject *
 parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_args(args, nargs, "parse_requests") < 0)
-        return NULL;
-    PyObject *conn = args[0];
-    PyObject *srcobj = args[1];
-    const char *src = PyBytes_AS_STRING(srcobj);
-    const unsigned char *usrc = (const unsigned char *)src;
-    Py_ssize_t n = PyBytes_GET_SIZE(srcobj);
-    Py_ssize_t pos = 0;
-
-    PyObject *ready = NULL, *pending = NULL, *owe = NULL, *worker_handles = NULL,
-             *limits = NULL, *field_limit = NULL, *result = NULL;
+    LoopState lp;
+    PyObject *owe = NULL, *field_limit = NULL, *result = NULL;
     PyObject *run_last = Py_NewRef(Py_None);
     PyObject *run_wlast = Py_NewRef(Py_None);
     PyObject *run_olast = Py_NewRef(Py_None);
     PyObject *event = NULL;
     Py_ssize_t run_count = 0, run_work = 0;
-    Py_ssize_t max_function, max_unique, max_number, max_packet;
+    Py_ssize_t max_number;
 
-    if ((ready = get_list(conn, s_ready)) == NULL)
+    if (loop_open(&lp, SERVER, args, nargs, "parse_requests") < 0)
         goto error;
-    if ((pending = PyObject_GetAttr(conn, s_pending)) == NULL)
-        goto error;
+    PyObject *conn = lp.conn, *ready = lp.ready, *pending = lp.pending;
+    const char *src = lp.src;
+    Py_ssize_t pos = 0;
     if ((owe = PyObject_GetAttr(pending, s_append)) == NULL)
         goto error;
-    if ((worker_handles = PyObject_GetAttr(conn, s_worker_handles)) == NULL)
-        goto error;
-    if (!PySet_CheckExact(worker_handles)) {
-        PyErr_SetString(PyExc_TypeError, "Connection._worker_handles must be a set");
-        goto error;
-    }
-    if ((limits = PyObject_GetAttr(conn, s_limits)) == NULL)
-        goto error;
-    if (attr_limit(limits, s_max_function, &max_function) < 0 ||
-        attr_limit(limits, s_max_unique, &max_unique) < 0 ||
-        attr_limit(limits, s_max_number, &max_number) < 0 ||
-        attr_limit(conn, s_max_packet, &max_packet) < 0)
+    if (attr_limit(lp.limits, s_max_number, &max_number) < 0)
         goto error;
     if ((field_limit = get_list(conn, s_field_limit)) == NULL)
         goto error;
@@ -490,7 +721,6 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "Connection._field_limit is too short");
         goto error;
     }
-    Py_ssize_t fast_max = large_body - 1 < max_packet ? large_body - 1 : max_packet;
     /* Longer numbers take the slow path, where parse_int() reads them (capped). */
     Py_ssize_t max_digits = max_number < 30 ? max_number : 30;
 
@@ -540,68 +770,26 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         }                                                                             \
     } while (0)
 
-    while (pos < n) {
-        unsigned long long key;
+    while (pos < lp.n) {
+        unsigned long long ptype;
         Py_ssize_t size;
-        if (n - pos < HEADER) { /* less than a header left */
-            goto slow;
-        }
-        key = read_u64(usrc + pos);
-        size = read_u32(usrc + pos + 8);
-        /* magic and type in one test: 1..42 only for \0REQ */
-        unsigned long long ptype = key - req_base;
-        if (!(key > req_base && ptype < NTYPES && size <= fast_max))
+        int header = fast_header(&lp, pos, req_base, &ptype, &size);
+        if (header == HEADER_PARTIAL)
+            break;
+        if (header == HEADER_SLOW)
             goto slow;
         Py_ssize_t start = pos + HEADER;
         Py_ssize_t end = start + size;
-        if (end > n)
-            break;
+        int made = 0; /* of a work packet: see work_event() */
         switch (server_branch[ptype]) {
-        case S_WORK: { /* WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION */
-            const char *nul = memchr(src + start, 0, (size_t)size);
-            if (nul == NULL)
-                break;
-            PyObject *handle = PyBytes_FromStringAndSize(src + start, nul - (src + start));
-            if (handle == NULL)
-                goto error;
-            int held = PySet_Contains(worker_handles, handle);
-            if (held <= 0) {
-                Py_DECREF(handle);
-                if (held < 0)
-                    goto error;
-                break;
-            }
-            PyObject *data = PyBytes_FromStringAndSize(nul + 1, (src + end) - (nul + 1));
-            if (data == NULL) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            PyObject *items[2] = {Py_NewRef(handle), data};
-            event = make_event(classes[ptype], 2, items);
-            if (event == NULL) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            ASSIGN(run_last, event);
-            ASSIGN(run_wlast, event);
-            if (ends_job[ptype] && PySet_Discard(worker_handles, handle) < 0) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            Py_DECREF(handle);
-            run_count += 1;
-            run_work += 1;
-            if (PyList_Append(ready, event) < 0)
-                goto error;
-            Py_CLEAR(event);
-            pos = end;
-            continue;
-        }
+        case S_WORK: /* WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION */
+            made = work_event(&lp, ptype, start, end, &event);
+            break;
         case S_SUBMIT: { /* SUBMIT_JOB and its five variants */
             Py_ssize_t cuts[3];
             if (split_nul(src, start, end, 2, cuts) != 3)
                 break; /* a NUL is missing: the slow path reports it */
-            if (cuts[0] - start > max_function || cuts[1] - (cuts[0] + 1) > max_unique)
+            if (cuts[0] - start > lp.max_function || cuts[1] - (cuts[0] + 1) > lp.max_unique)
                 break;
             PyObject *items[5];
             if (split_parts(src, start, 3, cuts, items) < 0)
@@ -647,7 +835,7 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             pos = end;
             continue;
         case S_ABILITY: /* CAN_DO, CANT_DO */
-            if (size > max_function)
+            if (size > lp.max_function)
                 break;
             event = event_of_body(classes[ptype], src, start, end);
             if (event == NULL)
@@ -676,78 +864,12 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             pos = end;
             continue;
         }
-        case S_WORK_STATUS: { /* WORK_STATUS */
-            Py_ssize_t cuts[3];
-            if (split_nul(src, start, end, 2, cuts) != 3)
-                break;
-            const char *num = src + cuts[0] + 1;
-            Py_ssize_t num_len = cuts[1] - (cuts[0] + 1);
-            const char *den = src + cuts[1] + 1;
-            Py_ssize_t den_len = end - (cuts[1] + 1);
-            if (!is_digits(num, num_len) || !is_digits(den, den_len) || num_len > max_digits ||
-                den_len > max_digits)
-                break;
-            PyObject *handle = PyBytes_FromStringAndSize(src + start, cuts[0] - start);
-            if (handle == NULL)
-                goto error;
-            int held = PySet_Contains(worker_handles, handle);
-            if (held <= 0) {
-                Py_DECREF(handle);
-                if (held < 0)
-                    goto error;
-                break;
-            }
-            PyObject *items[3] = {handle, NULL, NULL};
-            if ((items[1] = digits_to_int(num, num_len)) == NULL) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            if ((items[2] = digits_to_int(den, den_len)) == NULL) {
-                Py_DECREF(handle);
-                Py_DECREF(items[1]);
-                goto error;
-            }
-            event = make_event(WorkStatus, 3, items);
-            if (event == NULL)
-                goto error;
-            ASSIGN(run_last, event);
-            ASSIGN(run_wlast, event);
-            run_count += 1;
-            run_work += 1;
-            if (PyList_Append(ready, event) < 0)
-                goto error;
-            Py_CLEAR(event);
-            pos = end;
-            continue;
-        }
-        case S_WORK_FAIL: { /* WORK_FAIL */
-            PyObject *handle = PyBytes_FromStringAndSize(src + start, size);
-            if (handle == NULL)
-                goto error;
-            int held = PySet_Contains(worker_handles, handle);
-            if (held <= 0) {
-                Py_DECREF(handle);
-                if (held < 0)
-                    goto error;
-                break;
-            }
-            if (PySet_Discard(worker_handles, handle) < 0) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            event = make_event(WorkFail, 1, &handle);
-            if (event == NULL)
-                goto error;
-            ASSIGN(run_last, event);
-            ASSIGN(run_wlast, event);
-            run_count += 1;
-            run_work += 1;
-            if (PyList_Append(ready, event) < 0)
-                goto error;
-            Py_CLEAR(event);
-            pos = end;
-            continue;
-        }
+        case S_WORK_STATUS: /* WORK_STATUS */
+            made = work_status_event(&lp, start, end, max_digits, &event);
+            break;
+        case S_WORK_FAIL: /* WORK_FAIL */
+            made = work_fail_event(&lp, start, end, &event);
+            break;
         case S_CLIENT_ID: { /* SET_CLIENT_ID */
             Py_ssize_t limit;
             if (as_limit(PyList_GET_ITEM(field_limit, ptype), &limit) < 0)
@@ -777,6 +899,19 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         default:
             break;
         }
+        if (made < 0)
+            goto error;
+        if (made) { /* a work packet gets no reply: it joins the run */
+            ASSIGN(run_last, event);
+            ASSIGN(run_wlast, event);
+            run_count += 1;
+            run_work += 1;
+            if (PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
     slow:
         if (run_count) {
             if (push_run(conn, run_last, run_count, run_work, run_wlast, run_olast) < 0)
@@ -784,7 +919,7 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
             run_count = run_work = 0;
         }
         {
-            int go_on = slow_path(conn, s_slow_request, srcobj, &pos);
+            int go_on = slow_path(conn, s_slow_request, lp.srcobj, &pos);
             if (go_on < 0)
                 goto error;
             if (!go_on)
@@ -798,12 +933,9 @@ parse_requests(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     }
     result = PyLong_FromSsize_t(pos);
 error:
+    loop_close(&lp);
     Py_XDECREF(event);
-    Py_XDECREF(ready);
-    Py_XDECREF(pending);
     Py_XDECREF(owe);
-    Py_XDECREF(worker_handles);
-    Py_XDECREF(limits);
     Py_XDECREF(field_limit);
     Py_XDECREF(run_last);
     Py_XDECREF(run_wlast);
@@ -812,40 +944,6 @@ error:
 }
 
 /* ---------------------------------------------------------- client loop */
-
-/* ``if count == 1: del handles[h]; finished[h] = None (trim) else: handles[h] = count - 1``
-   -- a job's end seen by the client.  ``*finished`` is replaced after a trim. */
-static int
-job_ended(PyObject *conn, PyObject *client_handles, PyObject **finished, PyObject *handle,
-          PyObject *count)
-{
-    int is_one = PyObject_RichCompareBool(count, one, Py_EQ);
-    if (is_one < 0)
-        return -1;
-    if (is_one) {
-        if (PyDict_DelItem(client_handles, handle) < 0)
-            return -1;
-        if (PyDict_SetItem(*finished, handle, Py_None) < 0)
-            return -1;
-        if (PyDict_GET_SIZE(*finished) > finished_max) {
-            PyObject *r = PyObject_CallMethodNoArgs(conn, s_trim_finished);
-            if (r == NULL)
-                return -1;
-            Py_DECREF(r);
-            PyObject *fresh = get_dict(conn, s_finished);
-            if (fresh == NULL)
-                return -1;
-            Py_SETREF(*finished, fresh);
-        }
-        return 0;
-    }
-    PyObject *less = PyNumber_Subtract(count, one);
-    if (less == NULL)
-        return -1;
-    int rc = PyDict_SetItem(client_handles, handle, less);
-    Py_DECREF(less);
-    return rc;
-}
 
 /* ``answers[len(ready)] = request`` */
 static inline int
@@ -873,41 +971,24 @@ PyDoc_STRVAR(parse_responses_doc,
 static PyObject *
 parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_args(args, nargs, "parse_responses") < 0)
-        return NULL;
-    PyObject *conn = args[0];
-    PyObject *srcobj = args[1];
-    const char *src = PyBytes_AS_STRING(srcobj);
-    const unsigned char *usrc = (const unsigned char *)src;
-    Py_ssize_t n = PyBytes_GET_SIZE(srcobj);
-    Py_ssize_t pos = 0;
-
-    PyObject *ready = NULL, *answers = NULL, *pending = NULL, *popleft = NULL,
-             *client_handles = NULL, *limits = NULL, *finished = NULL, *result = NULL;
+    LoopState lp;
+    PyObject *answers = NULL, *popleft = NULL, *result = NULL;
     PyObject *event = NULL, *request = NULL;
-    Py_ssize_t max_handle, max_function, max_unique, max_text, max_packet;
+    Py_ssize_t max_handle, max_text;
 
-    if ((ready = get_list(conn, s_ready)) == NULL)
+    if (loop_open(&lp, CLIENT, args, nargs, "parse_responses") < 0)
         goto error;
+    PyObject *conn = lp.conn, *ready = lp.ready, *pending = lp.pending,
+             *client_handles = lp.handles;
+    const char *src = lp.src;
+    Py_ssize_t pos = 0;
     if ((answers = get_dict(conn, s_answers)) == NULL)
-        goto error;
-    if ((pending = PyObject_GetAttr(conn, s_pending)) == NULL)
         goto error;
     if ((popleft = PyObject_GetAttr(pending, s_popleft)) == NULL)
         goto error;
-    if ((client_handles = get_dict(conn, s_client_handles)) == NULL)
+    if (attr_limit(lp.limits, s_max_handle, &max_handle) < 0 ||
+        attr_limit(lp.limits, s_max_text, &max_text) < 0)
         goto error;
-    if ((limits = PyObject_GetAttr(conn, s_limits)) == NULL)
-        goto error;
-    if (attr_limit(limits, s_max_handle, &max_handle) < 0 ||
-        attr_limit(limits, s_max_function, &max_function) < 0 ||
-        attr_limit(limits, s_max_unique, &max_unique) < 0 ||
-        attr_limit(limits, s_max_text, &max_text) < 0 ||
-        attr_limit(conn, s_max_packet, &max_packet) < 0)
-        goto error;
-    if ((finished = get_dict(conn, s_finished)) == NULL)
-        goto error;
-    Py_ssize_t fast_max = large_body - 1 < max_packet ? large_body - 1 : max_packet;
 
     /* Whether an admin listing is being read: only the slow path changes it. */
     int listing = 0;
@@ -927,58 +1008,21 @@ parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         Py_DECREF(_gone);                                           \
     } while (0)
 
-    while (pos < n) {
-        unsigned long long key;
+    while (pos < lp.n) {
+        unsigned long long ptype;
         Py_ssize_t size;
-        if (listing || n - pos < HEADER) /* every byte of a listing is text */
-            goto slow;
-        key = read_u64(usrc + pos);
-        size = read_u32(usrc + pos + 8);
-        unsigned long long ptype = key - res_base;
-        if (!(key > res_base && ptype < NTYPES && size <= fast_max))
+        /* every byte of a listing is text */
+        int header = listing ? HEADER_SLOW : fast_header(&lp, pos, res_base, &ptype, &size);
+        if (header == HEADER_PARTIAL)
+            break;
+        if (header == HEADER_SLOW)
             goto slow;
         Py_ssize_t start = pos + HEADER;
         Py_ssize_t end = start + size;
-        if (end > n)
-            break;
         int branch = client_branch[ptype];
-        if (branch == C_WORK) { /* WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION */
-            const char *nul = memchr(src + start, 0, (size_t)size);
-            if (nul == NULL)
-                goto slow;
-            PyObject *handle = PyBytes_FromStringAndSize(src + start, nul - (src + start));
-            if (handle == NULL)
-                goto error;
-            PyObject *count = PyDict_GetItemWithError(client_handles, handle);
-            if (count == NULL) {
-                Py_DECREF(handle);
-                if (PyErr_Occurred())
-                    goto error;
-                goto slow;
-            }
-            Py_INCREF(count);
-            if (ends_job[ptype]) {
-                int rc = job_ended(conn, client_handles, &finished, handle, count);
-                if (rc < 0) {
-                    Py_DECREF(count);
-                    Py_DECREF(handle);
-                    goto error;
-                }
-            }
-            Py_DECREF(count);
-            PyObject *data = PyBytes_FromStringAndSize(nul + 1, (src + end) - (nul + 1));
-            if (data == NULL) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            PyObject *items[2] = {handle, data};
-            event = make_event(classes[ptype], 2, items);
-            if (event == NULL || PyList_Append(ready, event) < 0)
-                goto error;
-            Py_CLEAR(event);
-            pos = end;
-            continue;
-        }
+        int made = 0; /* of a work packet: see work_event() */
+        if (branch == C_WORK) /* WORK_COMPLETE, WORK_DATA, WORK_WARNING, WORK_EXCEPTION */
+            made = work_event(&lp, ptype, start, end, &event);
         else if (branch == C_NOOP) {
             if (PyObject_SetAttr(conn, s_sleeping, Py_False) < 0 ||
                 PyList_Append(ready, noop_event) < 0)
@@ -986,69 +1030,10 @@ parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
             pos = end;
             continue;
         }
-        else if (branch == C_WORK_STATUS) {
-            Py_ssize_t cuts[3];
-            if (split_nul(src, start, end, 2, cuts) != 3)
-                goto slow;
-            const char *num = src + cuts[0] + 1;
-            Py_ssize_t num_len = cuts[1] - (cuts[0] + 1);
-            const char *den = src + cuts[1] + 1;
-            Py_ssize_t den_len = end - (cuts[1] + 1);
-            if (!is_digits(num, num_len) || !is_digits(den, den_len) || num_len > 30 ||
-                den_len > 30)
-                goto slow;
-            PyObject *handle = PyBytes_FromStringAndSize(src + start, cuts[0] - start);
-            if (handle == NULL)
-                goto error;
-            int known = PyDict_Contains(client_handles, handle);
-            if (known <= 0) {
-                Py_DECREF(handle);
-                if (known < 0)
-                    goto error;
-                goto slow;
-            }
-            PyObject *items[3] = {handle, NULL, NULL};
-            if ((items[1] = digits_to_int(num, num_len)) == NULL) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            if ((items[2] = digits_to_int(den, den_len)) == NULL) {
-                Py_DECREF(handle);
-                Py_DECREF(items[1]);
-                goto error;
-            }
-            event = make_event(WorkStatus, 3, items);
-            if (event == NULL || PyList_Append(ready, event) < 0)
-                goto error;
-            Py_CLEAR(event);
-            pos = end;
-            continue;
-        }
-        else if (branch == C_WORK_FAIL) {
-            PyObject *handle = PyBytes_FromStringAndSize(src + start, size);
-            if (handle == NULL)
-                goto error;
-            PyObject *count = PyDict_GetItemWithError(client_handles, handle);
-            if (count == NULL) {
-                Py_DECREF(handle);
-                if (PyErr_Occurred())
-                    goto error;
-                goto slow;
-            }
-            Py_INCREF(count);
-            int rc = job_ended(conn, client_handles, &finished, handle, count);
-            Py_DECREF(count);
-            if (rc < 0) {
-                Py_DECREF(handle);
-                goto error;
-            }
-            event = make_event(WorkFail, 1, &handle);
-            if (event == NULL || PyList_Append(ready, event) < 0)
-                goto error;
-            Py_CLEAR(event);
-            pos = end;
-            continue;
-        }
+        else if (branch == C_WORK_STATUS)
+            made = work_status_event(&lp, start, end, 30, &event);
+        else if (branch == C_WORK_FAIL)
+            made = work_fail_event(&lp, start, end, &event);
         else if (branch) {
             /* A reply to the oldest request owed one. */
             Py_ssize_t queued = PyObject_Size(pending);
@@ -1131,9 +1116,9 @@ parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
                         Py_DECREF(handle);
                         goto error;
                     }
-                    if (PyDict_GET_SIZE(finished)) {
-                        int has = PyDict_Contains(finished, handle);
-                        if (has < 0 || (has && PyDict_DelItem(finished, handle) < 0)) {
+                    if (PyDict_GET_SIZE(lp.finished)) {
+                        int has = PyDict_Contains(lp.finished, handle);
+                        if (has < 0 || (has && PyDict_DelItem(lp.finished, handle) < 0)) {
                             Py_DECREF(handle);
                             goto error;
                         }
@@ -1169,17 +1154,19 @@ parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
                 if (!fits)
                     goto slow;
                 Py_ssize_t nuls = assign_nuls[ptype];
-                Py_ssize_t cuts[5];
+                /* configure() keeps nuls in 2..4, so split_nul() sets every cut read
+                   below; gcc cannot know that and warns when it inlines split_nul(). */
+                Py_ssize_t cuts[5] = {0};
                 Py_ssize_t count = split_nul(src, start, end, nuls, cuts);
                 if (count != nuls + 1)
                     goto slow;
                 Py_ssize_t len0 = cuts[0] - start;
                 Py_ssize_t len1 = cuts[1] - (cuts[0] + 1);
-                if (len0 > max_handle || len1 > max_function)
+                if (len0 > max_handle || len1 > lp.max_function)
                     goto slow;
-                if (nuls != 2 && cuts[2] - (cuts[1] + 1) > max_unique)
+                if (nuls != 2 && cuts[2] - (cuts[1] + 1) > lp.max_unique)
                     goto slow;
-                if (nuls >= 4 && cuts[3] - (cuts[2] + 1) > max_function)
+                if (nuls >= 4 && cuts[3] - (cuts[2] + 1) > lp.max_function)
                     goto slow;
                 PyObject *items[5];
                 if (split_parts(src, start, count, cuts, items) < 0)
@@ -1291,8 +1278,17 @@ parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
                 continue;
             }
         }
+        if (made < 0)
+            goto error;
+        if (made) {
+            if (PyList_Append(ready, event) < 0)
+                goto error;
+            Py_CLEAR(event);
+            pos = end;
+            continue;
+        }
     slow: {
-        int go_on = slow_path(conn, s_slow_response, srcobj, &pos);
+        int go_on = slow_path(conn, s_slow_response, lp.srcobj, &pos);
         if (go_on < 0)
             goto error;
         if (!go_on)
@@ -1306,21 +1302,17 @@ parse_responses(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         PyObject *fresh = get_dict(conn, s_finished);
         if (fresh == NULL)
             goto error;
-        Py_SETREF(finished, fresh);
+        Py_SETREF(lp.finished, fresh);
     }
     }
 #undef POPLEFT
     result = PyLong_FromSsize_t(pos);
 error:
+    loop_close(&lp);
     Py_XDECREF(event);
     Py_XDECREF(request);
-    Py_XDECREF(ready);
     Py_XDECREF(answers);
-    Py_XDECREF(pending);
     Py_XDECREF(popleft);
-    Py_XDECREF(client_handles);
-    Py_XDECREF(limits);
-    Py_XDECREF(finished);
     return result;
 }
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Final
 
 __all__ = ["HandleMaker"]
 
 # Random bytes per handle: 80 bits cannot be guessed by a peer that has seen others.
-_TOKEN_BYTES = 10
-_POOL_HANDLES = 1024
+_TOKEN_BYTES: Final = 10
+_POOL_HANDLES: Final = 1024
 
 
 class HandleMaker:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ._compiled import mypyc_attr
 from ._store_writer import StoreWriter
@@ -24,11 +24,11 @@ log = logging.getLogger("gearproto.server")
 # Batches handed to the store writer at once: one being committed and one waiting, so
 # the writer starts the next commit the moment one ends (without a round trip through
 # the event loop), while everything that arrives meanwhile still shares a commit.
-_STORE_DEPTH = 2
+_STORE_DEPTH: Final = 2
 
 # Below this many bytes, chunks are joined into one write (one syscall, one copy of
 # small data); above it they are written as they are so payloads are not copied.
-_JOIN_LIMIT = 1 << 16
+_JOIN_LIMIT: Final = 1 << 16
 
 
 class Sink(Protocol):

@@ -18,20 +18,20 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from gearproto import RES, Connection, Limits, Priority, Side, parse_int
 from gearproto import events as ev
 
 __all__ = ["DECODERS", "Encoder", "ErrorOracle"]
 
-HEADER = struct.Struct(">4sII")
-_unpack = HEADER.unpack_from
-_pack = HEADER.pack
-_tuple_new = tuple.__new__
+HEADER: Final = struct.Struct(">4sII")
+_unpack: Final = HEADER.unpack_from
+_pack: Final = HEADER.pack
+_tuple_new: Final = tuple.__new__
 
 # Payloads at most this long are joined with their header into one chunk.
-_JOIN_PAYLOAD = 1 << 14
+_JOIN_PAYLOAD: Final = 1 << 14
 
 # --------------------------------------------------------------------------- decode
 #
@@ -191,7 +191,7 @@ def _build() -> list[Decoder | None]:
 
 
 #: Decoder per request type (``None``: not a request, always judged by the oracle).
-DECODERS = _build()
+DECODERS: Final = _build()
 
 
 class ErrorOracle:
@@ -268,7 +268,9 @@ def _c_primitives() -> tuple[Callable[..., bytes], Callable[[int, Any], int]]:
 
 #: ``res_packet(ptype, *parts)``: the server's packets, header and body in one object.
 #: ``write_nonblocking(fd, data)``: a socket write that keeps the GIL (it never waits).
-res_packet, write_nonblocking = _c_primitives()
+_PRIMITIVES: Final = _c_primitives()
+res_packet: Final = _PRIMITIVES[0]
+write_nonblocking: Final = _PRIMITIVES[1]
 
 
 class Encoder:
@@ -290,8 +292,8 @@ class Encoder:
         return [_pack(RES, ptype, len(head) + len(payload)) + head, payload]
 
 
-NOOP = _pack(RES, 6, 0)
-NO_JOB = _pack(RES, 10, 0)
+NOOP: Final = _pack(RES, 6, 0)
+NO_JOB: Final = _pack(RES, 10, 0)
 
 
 def job_created(handle: bytes) -> bytes:

@@ -21,21 +21,25 @@ import socket
 import ssl as ssl_module
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
+from . import _wire
 from ._compiled import mypyc_attr
 from ._runner import RunnerBase, log
 from ._state import PeerInfo
-from ._wire import write_nonblocking
 from .core import ServerCore
 from .storage import JobStore, StoreBatch
 
 __all__ = ["AsyncioRunner", "MemoryStream"]
 
+_write_nonblocking: Final = _wire.write_nonblocking
+# Bound once: compiled, a call through a static skips the module attribute lookup.
+_clock: Final = time.time
+
 # How long a connection the server closed keeps having its input read and discarded
 # (after its write side is shut down), so that closing it does not reset it while the
 # peer is still sending: a reset can cost the peer the reply it has not read yet.
-DISCARD_SECONDS = 2.0
+DISCARD_SECONDS: Final = 2.0
 
 
 # Ordinary Python classes even when compiled (asyncio subclasses, duck-typed sinks).
@@ -93,7 +97,7 @@ class _ServerProtocol(asyncio.Protocol):
             return
         runner = self.runner
         core = runner.core
-        if core.receive(self.conn_id, data, time.time()):
+        if core.receive(self.conn_id, data, _clock()):
             large = core.take_large_frame(self.conn_id)
             if large is not None:
                 frame = self.frame_protocol
@@ -371,7 +375,7 @@ class AsyncioRunner(RunnerBase):
                 return
             del backlogged[conn_id]
         try:
-            sent = write_nonblocking(fd, data)
+            sent = _write_nonblocking(fd, data)
         except OSError:
             backlogged[conn_id] = None
             sink.write(data)  # the transport reports the broken connection

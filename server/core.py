@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import count, islice
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Final, NamedTuple
 
 from gearproto import Limits, Priority, RemoteProtocolError
 from gearproto import admin as _admin
@@ -44,24 +44,24 @@ from .storage import StoreBatch, StoredJob
 
 __all__ = ["AdminGuard", "ServerConfig", "ServerCore", "Transmit", "default_admin_guard"]
 
-_QUEUED = JobState.QUEUED
-_RUNNING = JobState.RUNNING
-_SCHEDULED = JobState.SCHEDULED
-_PENDING = JobState.PENDING
-_GONE = JobState.GONE
+_QUEUED: Final = JobState.QUEUED
+_RUNNING: Final = JobState.RUNNING
+_SCHEDULED: Final = JobState.SCHEDULED
+_PENDING: Final = JobState.PENDING
+_GONE: Final = JobState.GONE
 
-_UINT32 = 0xFFFFFFFF
+_UINT32: Final = 0xFFFFFFFF
 # CAN_DO_TIMEOUT above this many milliseconds (about 24 days) is refused.
-_MAX_TIMEOUT_MS = 0x7FFFFFFF
+_MAX_TIMEOUT_MS: Final = 0x7FFFFFFF
 # Epoch times beyond this are refused (strtoll's range in gearmand).
-_MAX_EPOCH = 0x7FFFFFFFFFFFFFFF
-_MAX_CLIENT_ID = 127
+_MAX_EPOCH: Final = 0x7FFFFFFFFFFFFFFF
+_MAX_CLIENT_ID: Final = 127
 
 #: Decides whether ``peer`` may run an admin ``command``: ``None`` allows it, an
 #: :class:`~gearproto.admin.AdminError` is sent instead of running it.
 AdminGuard = Callable[[PeerInfo, Any], "_admin.AdminError | None"]
 
-_DEFAULT_ACCESS = AdminAccess()
+_DEFAULT_ACCESS: Final = AdminAccess()
 
 
 def default_admin_guard(peer: PeerInfo, command: Any) -> _admin.AdminError | None:
@@ -1547,31 +1547,31 @@ def _find_nul(buf: bytes, start: int, stop: int) -> int:
     return -1
 
 
-_with_payload = wire.Encoder.with_payload
-_pack_header = wire._pack
-_res_packet = wire.res_packet
-_unpack_header = wire._unpack
+_with_payload: Final = wire.Encoder.with_payload
+_pack_header: Final = wire._pack
+_res_packet: Final = wire.res_packet
+_unpack_header: Final = wire._unpack
 # What ServerCore._packet found.
-_INCOMPLETE = 1
-_UNFRAMEABLE = 2
-_RES = b"\0RES"
-_JOIN_PAYLOAD = wire._JOIN_PAYLOAD
-_tuple_new = tuple.__new__
+_INCOMPLETE: Final = 1
+_UNFRAMEABLE: Final = 2
+_RES: Final = b"\0RES"
+_JOIN_PAYLOAD: Final = wire._JOIN_PAYLOAD
+_tuple_new: Final = tuple.__new__
 # The CAN_DO_TIMEOUT heap is compacted when it holds twice its live entries (and at
 # least this many).
-_MIN_TIMER_COMPACT = 1024
+_MIN_TIMER_COMPACT: Final = 1024
 # Big-packet buffers: sizes rounded to this, at most this many kept for reuse, and
 # none larger than this kept.
-_FRAME_ROUND = 1 << 16
-_POOL_BUFFERS = 8
-_POOL_MAX_BUFFER = 4 << 20
-_HANDLE_DATA_TYPES: dict[int, type[Any]] = {
+_FRAME_ROUND: Final = 1 << 16
+_POOL_BUFFERS: Final = 8
+_POOL_MAX_BUFFER: Final = 4 << 20
+_HANDLE_DATA_TYPES: Final[dict[int, type[Any]]] = {
     13: ev.WorkComplete,
     25: ev.WorkException,
     28: ev.WorkData,
     29: ev.WorkWarning,
 }
-_SUBMIT_TYPES = {
+_SUBMIT_TYPES: Final = {
     7: (1, False),
     18: (1, True),
     21: (0, False),
@@ -1580,12 +1580,12 @@ _SUBMIT_TYPES = {
     34: (2, True),
 }
 # Packets whose payload the large-frame path uses in place.
-_LARGE_FRAME_TYPES = frozenset(_SUBMIT_TYPES) | frozenset(_HANDLE_DATA_TYPES) | {16}
+_LARGE_FRAME_TYPES: Final = frozenset(_SUBMIT_TYPES) | frozenset(_HANDLE_DATA_TYPES) | {16}
 # gearmand's texts for ERROR JOB_NOT_FOUND, which differ by packet type.
-_NOT_FOUND_RESULT = b"Job given in work result not found"
-_NOT_FOUND_DATA = b"Job does not exist on server"
-_NOT_FOUND_EXCEPTION = b"An exception was received for a job that does not exist"
-_ADMIN_CLASSES: tuple[type[Any], ...] = (
+_NOT_FOUND_RESULT: Final = b"Job given in work result not found"
+_NOT_FOUND_DATA: Final = b"Job does not exist on server"
+_NOT_FOUND_EXCEPTION: Final = b"An exception was received for a job that does not exist"
+_ADMIN_CLASSES: Final[tuple[type[Any], ...]] = (
     _admin.Workers,
     _admin.Status,
     _admin.PriorityStatus,

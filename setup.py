@@ -40,9 +40,7 @@ def _mypyc_extensions() -> list[Extension]:
 setup(
     ext_modules=[
         Extension("gearproto._speedups", ["gearproto/_speedups.c"], optional=True),
-        Extension(
-            "gearproto.server._speedups", ["gearproto/server/_speedups.c"], optional=True
-        ),
+        Extension("gearproto.server._speedups", ["gearproto/server/_speedups.c"], optional=True),
         *_mypyc_extensions(),
     ]
 )

@@ -22,7 +22,7 @@ class HandleMaker:
     are the only credential that ``cancel job`` and GET_STATUS ask for).
     """
 
-    __slots__ = ("_count", "_offset", "_pool", "_prefix")
+    __slots__ = ("_count", "_next", "_pool", "_prefix")
 
     def __init__(self, prefix: bytes | None = None) -> None:
         if prefix is not None and len(prefix) > 40:
@@ -31,17 +31,24 @@ class HandleMaker:
             raise ValueError("the job handle prefix must be printable ASCII")
         self._prefix = prefix + b":" if prefix is not None else None
         self._count = 0
-        self._pool = b""
-        self._offset = 0
+        #: Random handles made ahead, used from index ``_next`` on.
+        self._pool: list[bytes] = []
+        self._next = 0
 
     def __call__(self) -> bytes:
         if self._prefix is not None:
             self._count += 1
             return self._prefix + b"%d" % self._count
-        offset = self._offset
-        if offset >= len(self._pool):
-            # One urandom call per thousand handles keeps the syscall off the hot path.
-            self._pool = os.urandom(_TOKEN_BYTES * _POOL_HANDLES).hex().encode()
-            offset = 0
-        self._offset = offset + 2 * _TOKEN_BYTES
-        return b"H:" + self._pool[offset : offset + 2 * _TOKEN_BYTES]
+        index = self._next
+        pool = self._pool
+        if index >= len(pool):
+            # One urandom call per thousand handles keeps the syscall off the hot path,
+            # and the handles are made in one go (a list index per job after that).
+            digits = os.urandom(_TOKEN_BYTES * _POOL_HANDLES).hex().encode()
+            width = 2 * _TOKEN_BYTES
+            pool = self._pool = [
+                b"H:" + digits[at : at + width] for at in range(0, len(digits), width)
+            ]
+            index = 0
+        self._next = index + 1
+        return pool[index]

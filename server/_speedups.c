@@ -49,7 +49,14 @@ res_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t body = 0;
     PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < nparts; i++) {
-        if (PyObject_GetBuffer(args[i + 1], &views[i], PyBUF_SIMPLE) < 0) {
+        PyObject *part = args[i + 1];
+        if (PyBytes_CheckExact(part)) {
+            /* The usual case, read in place: no buffer to acquire and release. */
+            views[i].obj = NULL;
+            views[i].buf = PyBytes_AS_STRING(part);
+            views[i].len = PyBytes_GET_SIZE(part);
+        }
+        else if (PyObject_GetBuffer(part, &views[i], PyBUF_SIMPLE) < 0) {
             goto done;
         }
         held++;
@@ -84,7 +91,9 @@ res_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 done:
     for (Py_ssize_t i = 0; i < held; i++) {
-        PyBuffer_Release(&views[i]);
+        if (views[i].obj != NULL) {
+            PyBuffer_Release(&views[i]);
+        }
     }
     return result;
 }
@@ -105,13 +114,22 @@ write_nonblocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "bad file descriptor number");
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
+    PyObject *data = args[1];
+    ssize_t written;
+    int saved;
+    if (PyBytes_CheckExact(data)) {
+        written = write((int)fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+        saved = errno;
     }
-    ssize_t written = write((int)fd, view.buf, (size_t)view.len);
-    int saved = errno;
-    PyBuffer_Release(&view);
+    else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        written = write((int)fd, view.buf, (size_t)view.len);
+        saved = errno;
+        PyBuffer_Release(&view);
+    }
     if (written >= 0) {
         return PyLong_FromSsize_t(written);
     }

@@ -20,7 +20,7 @@ import contextlib
 import socket
 import ssl as ssl_module
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from . import _wire
@@ -106,10 +106,7 @@ class _ServerProtocol(asyncio.Protocol):
                 frame.view, frame.filled = large
                 self.use_protocol(frame)
         if not runner.flush_scheduled:
-            # Flush once per loop iteration: replies produced by every connection that
-            # was readable in this iteration go out in one write per peer.
-            runner.flush_scheduled = True
-            runner.loop.call_soon(runner.deferred_flush)
+            runner.schedule_flush()
 
     def use_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Make ``protocol`` the one the transport delivers reads to.
@@ -133,8 +130,7 @@ class _ServerProtocol(asyncio.Protocol):
         runner = self.runner
         runner.core.receive_frame(self.conn_id, view, time.time())
         if not runner.flush_scheduled:
-            runner.flush_scheduled = True
-            runner.loop.call_soon(runner.deferred_flush)
+            runner.schedule_flush()
 
     def stop_frame(self) -> None:
         """Drop a big packet in progress (the connection is being closed)."""
@@ -238,6 +234,9 @@ class AsyncioRunner(RunnerBase):
         self._stopped = asyncio.Event()
         self._idle_check = False
         self.flush_scheduled = False
+        # Bound once: the per-iteration flush is scheduled for nearly every read.
+        self._call_soon: Callable[..., Any] = self.loop.call_soon
+        self._deferred_flush: Callable[[], None] = self.deferred_flush
         #: Plain-socket connections' file descriptors, for writes that bypass the
         #: transport while it holds no unsent output.
         self.direct_fds: dict[Any, int] = {}
@@ -315,6 +314,12 @@ class AsyncioRunner(RunnerBase):
             self.flush()
         self.after_timers_changed()
         return stream
+
+    def schedule_flush(self) -> None:
+        """Flush once this loop iteration's reads are handled: the replies produced by
+        every connection readable in the iteration go out in one write per peer."""
+        self.flush_scheduled = True
+        self._call_soon(self._deferred_flush)
 
     def deferred_flush(self) -> None:
         self.flush_scheduled = False

@@ -1234,7 +1234,10 @@ class ServerCore:
             self.queued_bytes -= len(job.data) + len(job.unique)
             if clients:
                 for client in clients:
-                    client.following.pop(job, None)
+                    # Not dict.pop(job, None): compiled, that is a generic method call.
+                    following = client.following
+                    if job in following:
+                        del following[job]
                 job.clients = []
             return
         self._remove(job)

@@ -5,8 +5,8 @@ already holds the authoritative state that the Connection would track a second t
 (which jobs each worker holds, which clients follow which job, and replies are
 produced in request order by construction), and tracking it twice cost about 4x the
 whole per-job budget.  So this module decodes *well-formed* requests straight from
-the receive buffer (payloads are sliced once, never copied twice) and formats
-replies with one ``struct.pack``.  Anything unusual -- a bad header, a missing NUL,
+the receive buffer (payloads are sliced once, never copied twice) and builds each
+reply in one allocation (:data:`res_packet`).  Anything unusual -- a bad header, a missing NUL,
 an over-long field, a response type sent to the server -- is not judged here: the
 packet is handed to :class:`ErrorOracle`, a protocol-core Connection, whose
 :class:`~gearproto.RemoteProtocolError` and ``hint`` decide the answer.  The core

@@ -1,5 +1,5 @@
 /*
- * gearproto.server._speedups: two small primitives of the job server's hot path,
+ * gearproto.server._speedups: small primitives of the job server's hot path,
  * in C because the interpreter's generic machinery costs more than the work.
  *
  *   res_packet(ptype, *parts) -> bytes
@@ -11,6 +11,15 @@
  *       pure cost.  Returns the bytes written, 0 when the socket takes nothing now
  *       (EAGAIN, EINTR); raises OSError for any other error.
  *
+ *   poll_read(poller, maxevents) -> list
+ *       The reads of one loop iteration for the connections the asyncio runner
+ *       reads itself: epoll_wait(2) on the poller (a select.epoll, or its fd)
+ *       without waiting, then one read(2) of each ready socket, all without
+ *       releasing the GIL.  Returns a flat list fd, data, fd, data, ...: data is
+ *       what was read, or b"" at EOF or on an error (the connection's transport
+ *       then reads it again and reports what happened); a socket with nothing to
+ *       read after all (EAGAIN, EINTR) is left out.
+ *
  * Optional: gearproto/server/_wire.py holds the Python versions, which are the
  * reference (tests check both give the same results) and are used when this
  * module is not built or GEARPROTO_PURE_PYTHON is set.
@@ -20,6 +29,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <sys/epoll.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -140,11 +150,77 @@ write_nonblocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
+/* One read per ready socket per call, of at most this much (level-triggered: what
+ * is left is reported again by the next call).  Packets this big or bigger are
+ * read by the transport into their own buffer, so this bounds only small reads. */
+#define READ_SIZE 65536
+#define MAX_EVENTS 64
+
+/* Safe as a static: every use is under the GIL, which poll_read never releases. */
+static char read_buffer[READ_SIZE];
+
+static PyObject *
+poll_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "poll_read(poller, maxevents) takes 2 arguments");
+        return NULL;
+    }
+    int epfd = PyObject_AsFileDescriptor(args[0]);
+    if (epfd < 0) {
+        return NULL;
+    }
+    long maxevents = PyLong_AsLong(args[1]);
+    if (maxevents == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (maxevents < 1) {
+        PyErr_SetString(PyExc_ValueError, "maxevents must be at least 1");
+        return NULL;
+    }
+    if (maxevents > MAX_EVENTS) {
+        maxevents = MAX_EVENTS;
+    }
+    struct epoll_event events[MAX_EVENTS];
+    int ready = epoll_wait(epfd, events, (int)maxevents, 0);
+    if (ready < 0) {
+        if (errno == EINTR) {
+            return PyList_New(0);
+        }
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *result = PyList_New(0);
+    if (result == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < ready; i++) {
+        int fd = events[i].data.fd;
+        ssize_t got = read(fd, read_buffer, READ_SIZE);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            continue;
+        }
+        PyObject *number = PyLong_FromLong(fd);
+        PyObject *data = PyBytes_FromStringAndSize(read_buffer, got > 0 ? got : 0);
+        int failed = number == NULL || data == NULL || PyList_Append(result, number) < 0
+                     || PyList_Append(result, data) < 0;
+        Py_XDECREF(number);
+        Py_XDECREF(data);
+        if (failed) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"res_packet", (PyCFunction)(void (*)(void))res_packet, METH_FASTCALL,
      "res_packet(ptype, *parts) -> bytes: a \\0RES packet of the parts."},
     {"write_nonblocking", (PyCFunction)(void (*)(void))write_nonblocking, METH_FASTCALL,
      "write_nonblocking(fd, data) -> int: one write(2) to a non-blocking fd."},
+    {"poll_read", (PyCFunction)(void (*)(void))poll_read, METH_FASTCALL,
+     "poll_read(poller, maxevents) -> list: fd, data pairs of the ready sockets."},
     {NULL, NULL, 0, NULL},
 };
 

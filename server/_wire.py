@@ -16,6 +16,7 @@ library remains the one place that defines what is malformed.
 from __future__ import annotations
 
 import os
+import select
 import struct
 from collections.abc import Callable
 from typing import Any, Final
@@ -253,24 +254,69 @@ def _write_nonblocking(fd: int, data: bytes | memoryview) -> int:
         return 0
 
 
-def _c_primitives() -> tuple[Callable[..., bytes], Callable[[int, Any], int]]:
-    """The C versions (``gearproto.server._speedups``) of the two primitives above
-    when they are built and not switched off, else the Python ones."""
+#: Most bytes :func:`_poll_read` takes from one socket at a time.
+POLL_READ_SIZE: Final = 65536
+
+
+def _poll_read(poller: Any, maxevents: int) -> list[int | bytes]:
+    """The sockets of ``poller`` (a ``select.epoll``) that are ready now, each read
+    once: a flat list ``fd, data, ...``; ``data`` is ``b""`` at EOF or on an error
+    (the connection's transport reads it again and reports it), and a socket with
+    nothing to read after all is left out."""
+    if not isinstance(maxevents, int):
+        raise TypeError("maxevents must be an int")
+    if maxevents < 1:
+        raise ValueError("maxevents must be at least 1")
+    if not isinstance(poller, select.epoll):
+        # Its file descriptor (as the C version accepts): polled through a copy.
+        if isinstance(poller, int):
+            fd = poller
+        elif callable(getattr(poller, "fileno", None)):
+            fd = poller.fileno()
+        else:
+            raise TypeError("poller must be a select.epoll, a file descriptor or have fileno()")
+        with select.epoll.fromfd(os.dup(fd)) as copy:
+            return _poll_read(copy, maxevents)
+    result: list[int | bytes] = []
+    for fd, _events in poller.poll(0, min(maxevents, 64)):
+        try:
+            data = os.read(fd, POLL_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            data = b""
+        result.append(fd)
+        result.append(data)
+    return result
+
+
+def _c_primitives() -> tuple[
+    Callable[..., bytes], Callable[[int, Any], int], Callable[[Any, int], list[int | bytes]]
+]:
+    """The C versions (``gearproto.server._speedups``) of the primitives above when
+    they are built and not switched off, else the Python ones."""
     if os.environ.get("GEARPROTO_PURE_PYTHON", "0") in ("", "0"):
         try:
             from gearproto.server import _speedups
         except ImportError:
             pass
         else:
-            return _speedups.res_packet, _speedups.write_nonblocking
-    return _res_packet, _write_nonblocking
+            # Each looked up alone: a checkout's older build may lack the newest.
+            return (
+                getattr(_speedups, "res_packet", _res_packet),
+                getattr(_speedups, "write_nonblocking", _write_nonblocking),
+                getattr(_speedups, "poll_read", _poll_read),
+            )
+    return _res_packet, _write_nonblocking, _poll_read
 
 
 #: ``res_packet(ptype, *parts)``: the server's packets, header and body in one object.
 #: ``write_nonblocking(fd, data)``: a socket write that keeps the GIL (it never waits).
+#: ``poll_read(poller, maxevents)``: one iteration's reads of the polled sockets.
 _PRIMITIVES: Final = _c_primitives()
 res_packet: Final = _PRIMITIVES[0]
 write_nonblocking: Final = _PRIMITIVES[1]
+poll_read: Final = _PRIMITIVES[2]
 
 
 class Encoder:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import asyncio.protocols  # named for mypyc, which compiles this module
 import contextlib
+import select
 import socket
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from . import _wire
 from ._compiled import mypyc_attr
@@ -33,6 +34,10 @@ from .storage import JobStore, StoreBatch
 __all__ = ["AsyncioRunner", "MemoryStream"]
 
 _write_nonblocking: Final = _wire.write_nonblocking
+_poll_read: Final = _wire.poll_read
+# Linux only: elsewhere every connection's transport reads it.
+_epoll: Final[Any] = getattr(select, "epoll", None)
+_EPOLLIN: Final = int(getattr(select, "EPOLLIN", 1))
 # Bound once: compiled, a call through a static skips the module attribute lookup.
 _clock: Final = time.time
 
@@ -42,15 +47,19 @@ _clock: Final = time.time
 DISCARD_SECONDS: Final = 2.0
 
 
-# Ordinary Python classes even when compiled (asyncio subclasses, duck-typed sinks).
-@mypyc_attr(native_class=False)
-class _ServerProtocol(asyncio.Protocol):
+class _ServerProtocol:
     """Hands each read to the core as it comes (one bytes object per read: the
     cheapest way for the loop to deliver small packets).  While a big packet is
     arriving, the transport is switched to a :class:`_FrameProtocol` that reads
-    straight into that packet's own buffer (no copy of big payloads)."""
+    straight into that packet's own buffer (no copy of big payloads).
 
-    __slots__ = ("conn_id", "discarding", "frame_protocol", "runner", "transport")
+    A plain socket's reads are taken over by the runner after the first one (see
+    :meth:`AsyncioRunner.poll`): its transport's reading is paused, and the
+    runner reads all its polled sockets in one callback per loop iteration.
+
+    It implements ``asyncio.Protocol`` without subclassing it: loops and transports
+    only look its methods up, and a class with no Python base is compiled to a native
+    one, whose attributes each read reaches without a dictionary lookup."""
 
     def __init__(self, runner: AsyncioRunner) -> None:
         self.runner = runner
@@ -59,6 +68,11 @@ class _ServerProtocol(asyncio.Protocol):
         self.frame_protocol: _FrameProtocol | None = None
         #: Set once the server closed the connection: input is read and dropped.
         self.discarding = False
+        #: The plain socket's file descriptor (-1: TLS or not a socket).
+        self.fd = -1
+        #: True while the runner's poller reads this connection (the transport's
+        #: reading is paused meanwhile).
+        self.polled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         runner = self.runner
@@ -82,8 +96,10 @@ class _ServerProtocol(asyncio.Protocol):
         runner.sinks[conn_id] = transport  # type: ignore[assignment]
         peercert = transport.get_extra_info("peercert")
         if fd >= 0 and transport.get_extra_info("ssl_object") is None and peercert is None:
-            # A plain socket: replies may be written to it directly (see write_to).
+            # A plain socket: replies may be written to it directly (see write_to),
+            # and the runner may read it itself (see AsyncioRunner.poll).
             runner.direct_fds[conn_id] = fd
+            self.fd = fd
         pause = runner.output_pause
         transport.set_write_buffer_limits(high=pause, low=pause // 4)  # type: ignore[attr-defined]
         if not runner.core.connect(conn_id, PeerInfo(host, port, fd, peercert), time.time()):
@@ -96,19 +112,28 @@ class _ServerProtocol(asyncio.Protocol):
         if self.discarding:
             return
         runner = self.runner
-        core = runner.core
-        if core.receive(self.conn_id, data, _clock()):
-            large = core.take_large_frame(self.conn_id)
+        if self.received(data, _clock()) and self.fd >= 0 and runner.polling:
+            runner.poll(self)
+        if not runner.flush_scheduled:
+            runner.schedule_flush()
+
+    def received(self, data: bytes, now: float) -> bool:
+        """Hand ``data`` to the core; False if a big packet began arriving (the
+        transport now reads it into the packet's buffer)."""
+        core = self.runner.core
+        conn_id = self.conn_id
+        if core.receive(conn_id, data, now):
+            large = core.take_large_frame(conn_id)
             if large is not None:
                 frame = self.frame_protocol
                 if frame is None:
                     frame = self.frame_protocol = _FrameProtocol(self)
                 frame.view, frame.filled = large
                 self.use_protocol(frame)
-        if not runner.flush_scheduled:
-            runner.schedule_flush()
+                return False
+        return True
 
-    def use_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+    def use_protocol(self, protocol: Any) -> None:
         """Make ``protocol`` the one the transport delivers reads to.
 
         uvloop picks its read callbacks when reading starts, so reading is stopped
@@ -118,7 +143,10 @@ class _ServerProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         reading = transport.is_reading()
-        if reading:
+        if self.polled:
+            self.runner.unpoll(self)
+            reading = True  # the transport reads again, for ``protocol``
+        elif reading:
             transport.pause_reading()
         transport.set_protocol(protocol)
         if reading:
@@ -149,6 +177,8 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         runner = self.runner
+        if self.polled:
+            runner.unpoll(self)
         runner.sinks.pop(self.conn_id, None)
         runner.direct_fds.pop(self.conn_id, None)
         runner.backlogged.pop(self.conn_id, None)
@@ -164,7 +194,9 @@ class _ServerProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             self.runner.paused[self.conn_id] = transport
-            if not transport.is_closing():
+            if self.polled:
+                self.runner.unpoll(self)  # the transport stays paused
+            elif not transport.is_closing():
                 transport.pause_reading()
 
     def resume_writing(self) -> None:
@@ -173,6 +205,7 @@ class _ServerProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+# Ordinary Python classes even when compiled (asyncio subclasses, duck-typed sinks).
 @mypyc_attr(native_class=False)
 class _FrameProtocol(asyncio.BufferedProtocol):
     """Receives the rest of one big packet into its own buffer, then hands the
@@ -242,6 +275,15 @@ class AsyncioRunner(RunnerBase):
         self.direct_fds: dict[Any, int] = {}
         #: Direct-write connections whose transport may hold unsent output.
         self.backlogged: dict[Any, None] = {}
+        #: The runner's own reads (see poll): an epoll set of plain sockets whose
+        #: transports are paused, watched by the loop as one file descriptor.
+        self.polling = _epoll is not None
+        self.poller: Any = None
+        #: What poll_read is given: the C version takes the poller's file descriptor
+        #: (no fileno() call per iteration), the Python one the poller itself.
+        self.poll_target: Any = None
+        #: Polled sockets' protocols by file descriptor.
+        self.polled: dict[int, _ServerProtocol] = {}
         self.output_pause = core.config.output_pause
         # A TLS handshake is a partial packet too: it gets the same time limit.
         self.handshake_timeout = core.config.partial_timeout or None
@@ -253,6 +295,11 @@ class AsyncioRunner(RunnerBase):
 
     # ----------------------------------------------------------------- listening
 
+    def new_protocol(self) -> asyncio.BaseProtocol:
+        """A protocol for a new connection (typed as what the loop expects: it has
+        every method of ``asyncio.Protocol`` without being a subclass of it)."""
+        return cast("asyncio.BaseProtocol", _ServerProtocol(self))
+
     async def listen(
         self,
         host: str | Sequence[str],
@@ -262,7 +309,7 @@ class AsyncioRunner(RunnerBase):
     ) -> None:
         """Listen on ``host``:``port``; with ``ssl``, every connection is TLS."""
         server = await self.loop.create_server(
-            lambda: _ServerProtocol(self),
+            self.new_protocol,
             host,
             port,
             backlog=backlog,
@@ -273,9 +320,7 @@ class AsyncioRunner(RunnerBase):
         self.servers.append(server)
 
     async def listen_socket(self, sock: socket.socket, backlog: int = 32) -> None:
-        server = await self.loop.create_server(
-            lambda: _ServerProtocol(self), sock=sock, backlog=backlog
-        )
+        server = await self.loop.create_server(self.new_protocol, sock=sock, backlog=backlog)
         self.servers.append(server)
 
     @property
@@ -328,6 +373,84 @@ class AsyncioRunner(RunnerBase):
         if core.timers_changed:
             core.timers_changed = False
             self.after_timers_changed()
+
+    # ------------------------------------------------------------ the runner's reads
+    #
+    # The loop delivers each read through its own machinery: a callback per read,
+    # a bytes object, a context switch into the protocol, and a scheduled callback
+    # to flush the replies once the iteration's reads are handled.  For plain
+    # sockets that is most of the server's cost per job, so after a connection's
+    # first read the runner takes its reads over: the transport's reading is paused,
+    # the socket joins an epoll set that the loop watches as one file descriptor,
+    # and one callback per iteration reads every ready socket (in C, see
+    # _wire.poll_read), hands the bytes to the core and flushes the replies.
+    # Writing stays as it was, and anything unusual (EOF, a read error, a big
+    # packet, a peer that does not read its replies, a close) hands the reading
+    # back to the transport, which then reports it as usual.
+
+    def poll(self, protocol: _ServerProtocol) -> None:
+        """Read ``protocol``'s socket here from now on (its transport stops reading)."""
+        transport = protocol.transport
+        if transport is None or transport.is_closing() or not transport.is_reading():
+            return
+        poller = self.poller
+        if poller is None:
+            try:
+                poller = self.poller = _epoll()
+                self.poll_target = poller if _poll_read is _wire._poll_read else poller.fileno()
+                self.loop.add_reader(poller.fileno(), self.poll_ready)
+            except (OSError, NotImplementedError, RuntimeError):
+                self.polling = False  # this loop cannot watch it: transports read
+                if poller is not None:
+                    poller.close()
+                self.poller = None
+                return
+        fd = protocol.fd
+        try:
+            poller.register(fd, _EPOLLIN)
+        except OSError:
+            return  # left to the transport
+        transport.pause_reading()
+        self.polled[fd] = protocol
+        protocol.polled = True
+
+    def unpoll(self, protocol: _ServerProtocol) -> None:
+        """Stop reading ``protocol``'s socket here (its transport stays paused)."""
+        protocol.polled = False
+        fd = protocol.fd
+        polled = self.polled
+        if polled.get(fd) is protocol:
+            # The number may be a new connection's already (the old socket was
+            # closed, which took it out of the set): only this one's entry goes.
+            del polled[fd]
+            with contextlib.suppress(OSError, ValueError):
+                self.poller.unregister(fd)
+
+    def poll_ready(self) -> None:
+        """Some polled sockets are readable: read each once, then flush."""
+        items = _poll_read(self.poll_target, 64)
+        count = len(items)
+        if not count:
+            return
+        polled = self.polled
+        now = _clock()
+        index = 0
+        while index < count:
+            fd: Any = items[index]
+            data: Any = items[index + 1]
+            index += 2
+            protocol = polled.get(fd)
+            if protocol is None:
+                continue  # handed back meanwhile (the transport reads it)
+            if data:
+                protocol.received(data, now)
+            else:
+                # EOF or an error: the transport reads it again and reports it.
+                self.unpoll(protocol)
+                transport = protocol.transport
+                if transport is not None and not transport.is_closing():
+                    transport.resume_reading()
+        self.deferred_flush()
 
     # --------------------------------------------------------------------- timers
 
@@ -398,6 +521,10 @@ class AsyncioRunner(RunnerBase):
         protocol = getattr(sink, "get_protocol", lambda: None)()
         if isinstance(protocol, _FrameProtocol):
             protocol = protocol.main
+        if isinstance(protocol, _ServerProtocol) and protocol.polled:
+            self.unpoll(protocol)
+            if not sink.is_closing():
+                sink.resume_reading()  # the transport reports what the peer does
         if isinstance(protocol, _ServerProtocol) and sink.can_write_eof():
             if sink.is_closing():
                 return
@@ -472,6 +599,14 @@ class AsyncioRunner(RunnerBase):
             self._timer = None
         for server in self.servers:
             server.close()
+        if self.poller is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.poller.fileno())
+            self.poller.close()
+            self.poller = None
+            self.poll_target = None
+            self.polling = False
+            self.polled.clear()
         for sink in list(self.sinks.values()):
             with contextlib.suppress(Exception):
                 sink.close()

@@ -18,6 +18,7 @@ speedups = pytest.importorskip("gearproto.server._speedups")
 
 PACKERS: list[Callable[..., bytes]] = [_wire._res_packet, speedups.res_packet]
 WRITERS: list[Callable[[int, Any], int]] = [_wire._write_nonblocking, speedups.write_nonblocking]
+POLL_READERS: list[Callable[[Any, int], list[Any]]] = [_wire._poll_read, speedups.poll_read]
 
 parts_strategy = st.lists(st.binary(max_size=300), max_size=8)
 
@@ -117,3 +118,63 @@ def test_the_wire_module_uses_the_c_primitives_unless_told_not_to() -> None:
     pure = os.environ.get("GEARPROTO_PURE_PYTHON", "0") not in ("", "0")
     expected = _wire._res_packet if pure else speedups.res_packet
     assert _wire.res_packet is expected
+    assert _wire.poll_read is (_wire._poll_read if pure else speedups.poll_read)
+
+
+def _pairs(items: list[Any]) -> dict[int, bytes]:
+    assert len(items) % 2 == 0
+    result = dict(zip(items[::2], items[1::2], strict=True))
+    assert len(result) == len(items) // 2  # each socket at most once
+    return result
+
+
+@pytest.mark.parametrize("poll_read", POLL_READERS, ids=["python", "c"])
+def test_poll_read_reads_each_ready_socket_once(
+    poll_read: Callable[[Any, int], list[Any]],
+) -> None:
+    import select
+
+    poller = select.epoll()
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for mine, _theirs in pairs:
+            mine.setblocking(False)
+            poller.register(mine.fileno(), select.EPOLLIN)
+        assert poll_read(poller, 64) == []  # nothing ready: nothing read, no wait
+        pairs[0][1].sendall(b"first")
+        pairs[2][1].sendall(b"x" * 100_000)  # more than one read takes
+        assert _pairs(poll_read(poller, 64)) == {
+            pairs[0][0].fileno(): b"first",
+            pairs[2][0].fileno(): b"x" * _wire.POLL_READ_SIZE,
+        }
+        # What is left is reported again; the poller's fd number works as well.
+        rest = _pairs(poll_read(poller.fileno(), 64))
+        assert rest == {pairs[2][0].fileno(): b"x" * (100_000 - _wire.POLL_READ_SIZE)}
+        # EOF and a reset both read as b"" (the transport then finds out which).
+        pairs[1][1].close()
+        pairs[0][1].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        pairs[0][1].close()
+        ended = _pairs(poll_read(poller, 64))
+        assert ended == {pairs[0][0].fileno(): b"", pairs[1][0].fileno(): b""}
+        # At most maxevents sockets per call.
+        assert len(poll_read(poller, 1)) == 2
+    finally:
+        poller.close()
+        for mine, theirs in pairs:
+            mine.close()
+            theirs.close()
+
+
+@pytest.mark.parametrize("poll_read", POLL_READERS, ids=["python", "c"])
+def test_poll_read_refuses_bad_arguments(poll_read: Callable[[Any, int], list[Any]]) -> None:
+    import select
+
+    with select.epoll() as poller:
+        with pytest.raises(ValueError):
+            poll_read(poller, 0)
+        with pytest.raises(TypeError):
+            poll_read(poller, "64")  # type: ignore[arg-type]
+    with pytest.raises((ValueError, OSError)):
+        poll_read(poller, 64)  # closed
+    with pytest.raises(TypeError):
+        poll_read("not a poller", 64)

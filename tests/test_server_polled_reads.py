@@ -1,0 +1,252 @@
+"""The asyncio runner reads plain sockets itself after their first read (one epoll
+callback per loop iteration instead of the transport's per-read callbacks).
+
+Each test runs on asyncio's loop and on uvloop's, over real loopback sockets, and
+checks both what the peers see and that the runner's own reading was in use (or
+handed back to the transport) at the moments that matter: pipelined jobs, a peer's
+EOF or reset while polled, a peer that stops reading its replies, big packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from gearproto import NEED_DATA, Connection, Side
+from gearproto.events import (
+    CanDo,
+    EchoReq,
+    EchoRes,
+    GrabJobUniq,
+    JobAssignUniq,
+    JobCreated,
+    NoJob,
+    Noop,
+    PreSleep,
+    SubmitJob,
+    WorkComplete,
+)
+from gearproto.server import JobServer
+from gearproto.server.asyncio_runner import AsyncioRunner
+
+pytestmark = pytest.mark.timeout(60)
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    loop_factory: Any = asyncio.new_event_loop
+    if loop_name == "uvloop":
+        loop_factory = pytest.importorskip("uvloop").new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+class Peer:
+    """A raw client connection speaking through the sans-IO state machine."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = Connection(Side.CLIENT)
+
+    @classmethod
+    async def open(cls, address: tuple[str, int]) -> Peer:
+        return cls(*await asyncio.open_connection(*address))
+
+    async def send(self, *events: Any) -> None:
+        self.writer.write(b"".join(self.conn.send(event) for event in events))
+        await self.writer.drain()
+
+    async def next_event(self) -> Any:
+        for _ in range(100_000):
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                return event
+            data = await asyncio.wait_for(self.reader.read(1 << 16), 10)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            self.conn.receive_data(data)
+        raise AssertionError("no event after 100,000 reads")
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def runner_of(server: JobServer) -> AsyncioRunner:
+    runner = server._runner
+    assert isinstance(runner, AsyncioRunner)
+    return runner
+
+
+async def wait_until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+async def reverse_worker(worker: Peer, jobs: int) -> None:
+    await worker.send(CanDo(b"reverse"))
+    done = 0
+    while done < jobs:
+        await worker.send(GrabJobUniq())
+        event = await worker.next_event()
+        if isinstance(event, NoJob):
+            await worker.send(PreSleep())
+            assert isinstance(await worker.next_event(), Noop)
+            continue
+        assert isinstance(event, JobAssignUniq)
+        await worker.send(WorkComplete(event.handle, event.data[::-1]))
+        done += 1
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_pipelined_jobs_run_through_the_runners_own_reads(loop_name: str) -> None:
+    async def main() -> None:
+        async with JobServer() as server:
+            runner = runner_of(server)
+            client = await Peer.open(server.address)
+            worker = await Peer.open(server.address)
+            count = 300
+            payloads = [b"job %d " % i + bytes([i % 256]) * (i % 97) for i in range(count)]
+            task = asyncio.create_task(reverse_worker(worker, count))
+            # The first packet comes through the transport; then the runner reads.
+            await client.send(SubmitJob(b"reverse", b"", payloads[0]))
+            results: dict[bytes, bytes] = {}
+            handles: list[bytes] = []
+            while len(handles) < 1:
+                event = await client.next_event()
+                if isinstance(event, JobCreated):
+                    handles.append(event.handle)
+                else:
+                    assert isinstance(event, WorkComplete)
+                    results[event.handle] = event.data
+            assert len(runner.polled) >= 1
+            for protocol in runner.polled.values():
+                assert protocol.polled
+                assert protocol.transport is not None
+                assert not protocol.transport.is_reading()
+            # The rest pipelined, and each packet split over two writes.
+            for payload in payloads[1:]:
+                data = client.conn.send(SubmitJob(b"reverse", b"", payload))
+                client.writer.write(data[:7])
+                await client.writer.drain()
+                client.writer.write(data[7:])
+            await client.writer.drain()
+            while len(handles) < count or len(results) < count:
+                event = await client.next_event()
+                if isinstance(event, JobCreated):
+                    handles.append(event.handle)
+                else:
+                    assert isinstance(event, WorkComplete)
+                    results[event.handle] = event.data
+            await task
+            for handle, payload in zip(handles, payloads, strict=True):
+                assert results[handle] == payload[::-1]
+            assert len(runner.polled) == 2  # both peers are read by the runner
+            await client.close()
+            await worker.close()
+
+    run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_eof_and_reset_of_polled_peers_are_seen_and_others_keep_working(
+    loop_name: str,
+) -> None:
+    async def main() -> None:
+        async with JobServer() as server:
+            runner = runner_of(server)
+            core = server.core
+            assert core is not None
+            steady = await Peer.open(server.address)
+            await steady.send(EchoReq(b"first"))
+            assert await steady.next_event() == EchoRes(b"first")
+            for ending in ("eof", "reset"):
+                peer = await Peer.open(server.address)
+                await peer.send(EchoReq(b"hello"))
+                assert await peer.next_event() == EchoRes(b"hello")
+                await wait_until(lambda: len(runner.polled) == 2, "the peer is polled")
+                if ending == "eof":
+                    # A request and the write side's FIN together: the reply comes,
+                    # then the server closes its side too.
+                    await peer.send(EchoReq(b"last words"))
+                    peer.writer.write_eof()
+                    assert await peer.next_event() == EchoRes(b"last words")
+                    assert await asyncio.wait_for(peer.reader.read(), 10) == b""
+                    peer.writer.close()
+                else:
+                    sock = peer.writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    peer.writer.transport.abort()  # closed with a reset
+                await wait_until(lambda: core.connection_count == 1, f"the {ending} is seen")
+                await wait_until(lambda: len(runner.polled) == 1, "the peer is not polled")
+                await steady.send(EchoReq(b"still here after " + ending.encode()))
+                assert await steady.next_event() == EchoRes(b"still here after " + ending.encode())
+            await steady.close()
+
+    run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_peer_that_stops_reading_is_paused_then_polled_again(loop_name: str) -> None:
+    async def main() -> None:
+        async with JobServer() as server:
+            runner = runner_of(server)
+            peer = await Peer.open(server.address)
+            await peer.send(EchoReq(b"start"))
+            assert await peer.next_event() == EchoRes(b"start")
+            await wait_until(lambda: len(runner.polled) == 1, "the peer is polled")
+            protocol = next(iter(runner.polled.values()))
+            # Replies nobody reads: the socket and then the transport fill up, the
+            # transport pauses, and the runner stops reading the peer.
+            big = bytes(range(256)) * 1024
+            count = 120
+            payloads = [b"%04d" % i + big for i in range(count)]
+            for payload in payloads:
+                peer.writer.write(peer.conn.send(EchoReq(payload)))
+            await wait_until(lambda: bool(runner.paused), "the peer's output is paused")
+            assert not protocol.polled
+            received: list[bytes] = []
+            while len(received) < count:
+                event = await peer.next_event()
+                assert isinstance(event, EchoRes)
+                received.append(event.data)
+            assert received == payloads
+            await peer.send(EchoReq(b"again"))
+            assert await peer.next_event() == EchoRes(b"again")
+            await wait_until(lambda: protocol.polled, "the peer is polled again")
+            await peer.close()
+
+    run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_big_packets_leave_the_poller_and_come_back(loop_name: str) -> None:
+    async def main() -> None:
+        async with JobServer() as server:
+            runner = runner_of(server)
+            peer = await Peer.open(server.address)
+            await peer.send(EchoReq(b"small"))
+            assert await peer.next_event() == EchoRes(b"small")
+            await wait_until(lambda: len(runner.polled) == 1, "the peer is polled")
+            protocol = next(iter(runner.polled.values()))
+            for size in (70_000, 1 << 20, 200_000):
+                payload = bytes([size % 251]) * size
+                await peer.send(EchoReq(payload), EchoReq(b"after %d" % size))
+                assert await peer.next_event() == EchoRes(payload)
+                assert await peer.next_event() == EchoRes(b"after %d" % size)
+                await peer.send(EchoReq(b"poll me"))
+                assert await peer.next_event() == EchoRes(b"poll me")
+                await wait_until(lambda: protocol.polled, "the peer is polled again")
+            await peer.close()
+
+    run(loop_name, main)

@@ -1209,19 +1209,24 @@ class ServerCore:
             return
         clients = job.clients
         if clients:
-            # Typed loosely: a big payload is a view of the buffer it arrived in.
-            chunks: list[Any]
-            if len(data) <= _JOIN_PAYLOAD:
-                chunks = [_res_packet(13, handle, b"\0", data)]
-            else:
-                header = _pack_header(_RES, 13, len(handle) + 1 + len(data)) + handle + b"\0"
-                chunks = [header, data]
             dirty = self._dirty
-            for client in clients:
-                client.out += chunks
-                if not client.dirty:
-                    client.dirty = True
-                    dirty.append(client)
+            if len(data) <= _JOIN_PAYLOAD:
+                # One packet object, shared by every client that follows the job.
+                packet = _res_packet(13, handle, b"\0", data)
+                for client in clients:
+                    client.out.append(packet)
+                    if not client.dirty:
+                        client.dirty = True
+                        dirty.append(client)
+            else:
+                # Typed loosely: a big payload is a view of the buffer it arrived in.
+                header = _pack_header(_RES, 13, len(handle) + 1 + len(data)) + handle + b"\0"
+                chunks: list[Any] = [header, data]
+                for client in clients:
+                    client.out += chunks
+                    if not client.dirty:
+                        client.dirty = True
+                        dirty.append(client)
         # Inline _remove for the common case: a running job with no key or store row.
         if job.key is None and not job.store_id and job.state is _RUNNING:
             job.state = _GONE

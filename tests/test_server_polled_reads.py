@@ -32,7 +32,7 @@ from gearproto.events import (
     WorkComplete,
 )
 from gearproto.server import JobServer
-from gearproto.server.asyncio_runner import AsyncioRunner
+from gearproto.server.asyncio_runner import AsyncioRunner, _ServerProtocol
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,6 +91,18 @@ async def wait_until(check: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"timed out waiting until {what}")
+
+
+async def polled_peer(server: JobServer) -> tuple[Peer, _ServerProtocol]:
+    """A new connection, after one echo: read by the runner (its only one)."""
+    runner = runner_of(server)
+    peer = await Peer.open(server.address)
+    await peer.send(EchoReq(b"start"))
+    assert await peer.next_event() == EchoRes(b"start")
+    await wait_until(lambda: len(runner.polled) == 1, "the peer is polled")
+    protocol = next(iter(runner.polled.values()))
+    assert protocol.polled
+    return peer, protocol
 
 
 async def reverse_worker(worker: Peer, jobs: int) -> None:
@@ -201,11 +213,7 @@ def test_a_peer_that_stops_reading_is_paused_then_polled_again(loop_name: str) -
     async def main() -> None:
         async with JobServer() as server:
             runner = runner_of(server)
-            peer = await Peer.open(server.address)
-            await peer.send(EchoReq(b"start"))
-            assert await peer.next_event() == EchoRes(b"start")
-            await wait_until(lambda: len(runner.polled) == 1, "the peer is polled")
-            protocol = next(iter(runner.polled.values()))
+            peer, protocol = await polled_peer(server)
             # Replies nobody reads: the socket and then the transport fill up, the
             # transport pauses, and the runner stops reading the peer.
             big = bytes(range(256)) * 1024
@@ -233,12 +241,7 @@ def test_a_peer_that_stops_reading_is_paused_then_polled_again(loop_name: str) -
 def test_big_packets_leave_the_poller_and_come_back(loop_name: str) -> None:
     async def main() -> None:
         async with JobServer() as server:
-            runner = runner_of(server)
-            peer = await Peer.open(server.address)
-            await peer.send(EchoReq(b"small"))
-            assert await peer.next_event() == EchoRes(b"small")
-            await wait_until(lambda: len(runner.polled) == 1, "the peer is polled")
-            protocol = next(iter(runner.polled.values()))
+            peer, protocol = await polled_peer(server)
             for size in (70_000, 1 << 20, 200_000):
                 payload = bytes([size % 251]) * size
                 await peer.send(EchoReq(payload), EchoReq(b"after %d" % size))

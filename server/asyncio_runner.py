@@ -1,7 +1,9 @@
 """The asyncio runner: a raw ``asyncio.Protocol`` per connection (uvloop-friendly).
 
 The protocol objects do nothing but hand bytes to the core and write what it returns,
-so the per-packet cost is the core's.  Timers use one ``loop.call_at`` handle, re-armed
+so the per-packet cost is the core's.  On Linux, after a plain socket's first read the
+runner reads it itself, with all the others, in one epoll callback per loop iteration
+(see :meth:`AsyncioRunner.poll`).  Timers use one ``loop.call_at`` handle, re-armed
 from :meth:`ServerCore.next_deadline`; store batches are applied inline for a
 :class:`MemoryStore` and by the store writer thread otherwise (one batch at a time,
 gathering everything that arrived meanwhile: group commit).

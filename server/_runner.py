@@ -9,10 +9,13 @@ connection's *sink*, and turning the core's store batches into commits.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any, Final, Protocol
 
+from . import _wire
 from ._compiled import mypyc_attr
+from ._state import Peer
 from ._store_writer import StoreWriter
 from .core import ServerCore
 from .storage import JobStore, MemoryStore, StoreBatch
@@ -29,6 +32,15 @@ _STORE_DEPTH: Final = 2
 # Below this many bytes, chunks are joined into one write (one syscall, one copy of
 # small data); above it they are written as they are so payloads are not copied.
 _JOIN_LIMIT: Final = 1 << 16
+
+# Output held back for a pipelining client (see RunnerBase.write_direct) is at most
+# this big: the point is fewer writes of small replies, not delaying big payloads.
+_HOLD_LIMIT: Final = 1 << 14
+
+_write_chunks: Final = _wire.write_chunks
+_write_nonblocking: Final = _wire.write_nonblocking
+# What wakes an eventfd: a 64-bit 1 in the machine's byte order.
+_WAKE: Final = (1).to_bytes(8, sys.byteorder)
 
 
 class Sink(Protocol):
@@ -64,6 +76,19 @@ class RunnerBase:
         # How long a closed connection may take to read its last output before it is
         # reset (a peer that stops reading must not keep its socket forever).
         self.linger = core.config.partial_timeout or 60.0
+        #: Peers whose output this flush writes to their sockets itself (those a
+        #: runner gave a ``direct_fd``); reused from flush to flush.
+        self.direct: list[Peer] = []
+        #: Peers whose output the last flush held back (see write_direct), and an
+        #: empty list to swap with it.
+        self.held_back: list[Peer] = []
+        self._spare: list[Peer] = []
+        #: An eventfd that wakes the loop when output is held back (-1: output is
+        #: never held back); set by runners that watch it.
+        self.wake_fd = -1
+        self.wake_armed = False
+        #: How many times a peer's output was held back (a diagnostic).
+        self.held_count = 0
 
     def new_conn_id(self) -> int:
         self._next_id += 1
@@ -74,7 +99,8 @@ class RunnerBase:
         core = self.core
         sinks = self.sinks
         paused = self.paused
-        for conn_id, chunks, close in core.take_output():
+        direct = self.direct
+        for conn_id, chunks, close in core.take_output(direct):
             sink = sinks.get(conn_id)
             if sink is None:
                 continue
@@ -96,6 +122,8 @@ class RunnerBase:
             if close:
                 del sinks[conn_id]
                 self.close_sink(sink)
+        if direct or self.held_back:
+            self.write_direct(direct)
         if (
             core.store_work_pending
             and not self.store_scheduled
@@ -111,6 +139,68 @@ class RunnerBase:
     def write_chunks_to(self, conn_id: Any, sink: Any, chunks: list[Any]) -> None:
         """Write ``conn_id``'s output as separate chunks (big payloads: no join)."""
         sink.writelines(chunks)
+
+    def write_direct(self, direct: list[Peer]) -> None:
+        """Write the output of ``direct`` peers to their sockets, each in one writev.
+
+        A client with other jobs in flight (pipelining) is sent nothing now: its
+        output waits for the next flush, which is at most one loop iteration away
+        (``wake_fd`` makes sure of that), so that results arriving meanwhile go out
+        in the same write: fewer system calls per job, at a cost of one iteration
+        of latency for a client that is waiting for other results anyway."""
+        previous = self.held_back
+        keep = self._spare
+        hold = self.wake_fd >= 0
+        for peer in direct:
+            if peer.held_back:
+                continue  # held once already: written with the others below
+            if hold and len(peer.following) > 1 and _small(peer.out):
+                peer.held_back = True
+                self.held_count += 1
+                keep.append(peer)
+                continue
+            self.write_peer(peer)
+        if previous:
+            for peer in previous:
+                peer.held_back = False
+                if _writable(peer):
+                    self.write_peer(peer)
+            previous.clear()
+        self.held_back = keep
+        self._spare = previous
+        direct.clear()
+        if keep and not self.wake_armed:
+            self.wake_armed = True
+            _write_nonblocking(self.wake_fd, _WAKE)
+
+    def flush_held(self) -> None:
+        """Write the output held back at the last flush now (the runner is closing)."""
+        held = self.held_back
+        self.held_back = []
+        for peer in held:
+            peer.held_back = False
+            if _writable(peer):
+                self.write_peer(peer)
+
+    def write_peer(self, peer: Peer) -> None:
+        """All of ``peer``'s output in one writev, unjoined; its list is reused."""
+        out = peer.out
+        try:
+            left = _write_chunks(peer.direct_fd, out)
+        except OSError:
+            left = -1
+        if left:
+            peer.out = []
+            self.write_rest(peer, out, left)
+        else:
+            out.clear()
+
+    def write_rest(self, peer: Peer, out: list[Any], left: int) -> None:
+        """The socket took only part of ``peer``'s output ``out``: its last ``left``
+        bytes (all of it if ``left`` is -1, the write failed) go another way, and
+        ``peer.direct_fd`` is cleared until that way is empty again.  Only runners
+        that set ``direct_fd`` implement it."""
+        raise NotImplementedError
 
     def close_sink(self, sink: Any) -> None:
         """Close a connection once its output is written (runners bound the wait)."""
@@ -195,3 +285,20 @@ class RunnerBase:
     def after_timers_changed(self) -> None:
         """Re-arm the loop's timer from :meth:`ServerCore.next_deadline`."""
         raise NotImplementedError
+
+
+def _small(out: list[Any]) -> bool:
+    """True when the chunks of ``out`` add up to at most :data:`_HOLD_LIMIT` bytes."""
+    total = 0
+    for chunk in out:
+        total += len(chunk)
+        if total > _HOLD_LIMIT:
+            return False
+    return True
+
+
+def _writable(peer: Peer) -> bool:
+    """Whether held-back output is still the runner's to write: not if the peer is
+    gone or closing (the core handed its output over with the close), nor while it
+    waits for a store commit (the core hands it over once committed)."""
+    return bool(peer.out) and peer.direct_fd >= 0 and not peer.closing and not peer.held

@@ -155,11 +155,13 @@ class Peer:
         "client_id",
         "closing",
         "conn_id",
+        "direct_fd",
         "dirty",
         "exceptions",
         "following",
         "funcs",
         "held",
+        "held_back",
         "info",
         "need",
         "noop_sent",
@@ -202,6 +204,12 @@ class Peer:
         self.dirty = False
         #: Close after the output is flushed.
         self.closing = False
+        #: The socket a runner writes this peer's output to itself (-1: none); see
+        #: :meth:`ServerCore.take_output`.
+        self.direct_fd = -1
+        #: True while a runner holds this peer's output back for one more loop
+        #: iteration (a pipelining client: see RunnerBase.write_direct).
+        self.held_back = False
         #: Unix time of the latest byte received from or handed out for this peer
         #: (-1: not known yet), for the idle timeout.
         self.active_at = -1.0

@@ -254,6 +254,27 @@ def _write_nonblocking(fd: int, data: bytes | memoryview) -> int:
         return 0
 
 
+#: Most chunks one :func:`_write_chunks` call hands to the kernel (Linux's IOV_MAX).
+WRITE_CHUNKS_MAX: Final = 1024
+
+
+def _write_chunks(fd: int, chunks: list[Any]) -> int:
+    """One ``writev`` of ``chunks`` to the non-blocking ``fd``: the bytes *not*
+    written (0: all out; the total: none can be now).  Chunks past
+    :data:`WRITE_CHUNKS_MAX` count as not written."""
+    if not isinstance(chunks, list):
+        raise TypeError("chunks must be a list")
+    total = 0
+    for chunk in chunks:
+        total += memoryview(chunk).nbytes
+    if not chunks:
+        return 0
+    try:
+        return total - os.writev(fd, chunks[:WRITE_CHUNKS_MAX])
+    except (BlockingIOError, InterruptedError):
+        return total
+
+
 #: Most bytes :func:`_poll_read` takes from one socket at a time.
 POLL_READ_SIZE: Final = 65536
 
@@ -291,7 +312,10 @@ def _poll_read(poller: Any, maxevents: int) -> list[int | bytes]:
 
 
 def _c_primitives() -> tuple[
-    Callable[..., bytes], Callable[[int, Any], int], Callable[[Any, int], list[int | bytes]]
+    Callable[..., bytes],
+    Callable[[int, Any], int],
+    Callable[[Any, int], list[int | bytes]],
+    Callable[[int, list[Any]], int],
 ]:
     """The C versions (``gearproto.server._speedups``) of the primitives above when
     they are built and not switched off, else the Python ones."""
@@ -306,17 +330,20 @@ def _c_primitives() -> tuple[
                 getattr(_speedups, "res_packet", _res_packet),
                 getattr(_speedups, "write_nonblocking", _write_nonblocking),
                 getattr(_speedups, "poll_read", _poll_read),
+                getattr(_speedups, "write_chunks", _write_chunks),
             )
-    return _res_packet, _write_nonblocking, _poll_read
+    return _res_packet, _write_nonblocking, _poll_read, _write_chunks
 
 
 #: ``res_packet(ptype, *parts)``: the server's packets, header and body in one object.
 #: ``write_nonblocking(fd, data)``: a socket write that keeps the GIL (it never waits).
 #: ``poll_read(poller, maxevents)``: one iteration's reads of the polled sockets.
+#: ``write_chunks(fd, chunks)``: a connection's replies in one writev, unjoined.
 _PRIMITIVES: Final = _c_primitives()
 res_packet: Final = _PRIMITIVES[0]
 write_nonblocking: Final = _PRIMITIVES[1]
 poll_read: Final = _PRIMITIVES[2]
+write_chunks: Final = _PRIMITIVES[3]
 
 
 class Encoder:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.protocols  # named for mypyc, which compiles this module
 import contextlib
+import os
 import select
 import socket
 import ssl as ssl_module
@@ -29,7 +30,7 @@ from typing import Any, Final, cast
 from . import _wire
 from ._compiled import mypyc_attr
 from ._runner import RunnerBase, log
-from ._state import PeerInfo
+from ._state import Peer, PeerInfo
 from .core import ServerCore
 from .storage import JobStore, StoreBatch
 
@@ -104,9 +105,14 @@ class _ServerProtocol:
             self.fd = fd
         pause = runner.output_pause
         transport.set_write_buffer_limits(high=pause, low=pause // 4)  # type: ignore[attr-defined]
-        if not runner.core.connect(conn_id, PeerInfo(host, port, fd, peercert), time.time()):
+        core = runner.core
+        if not core.connect(conn_id, PeerInfo(host, port, fd, peercert), time.time()):
             runner.flush()  # one over the connection limit: answered and closed
             return
+        if self.fd >= 0:
+            peer = core.peer(conn_id)
+            if peer is not None:
+                peer.direct_fd = fd  # flush writes its replies to the socket itself
         if runner.armed_for is None:
             runner.after_timers_changed()
 
@@ -401,6 +407,7 @@ class AsyncioRunner(RunnerBase):
                 poller = self.poller = _epoll()
                 self.poll_target = poller if _poll_read is _wire._poll_read else poller.fileno()
                 self.loop.add_reader(poller.fileno(), self.poll_ready)
+                self.watch_wakeup(poller)
             except (OSError, NotImplementedError, RuntimeError):
                 self.polling = False  # this loop cannot watch it: transports read
                 if poller is not None:
@@ -415,6 +422,20 @@ class AsyncioRunner(RunnerBase):
         transport.pause_reading()
         self.polled[fd] = protocol
         protocol.polled = True
+
+    def watch_wakeup(self, poller: Any) -> None:
+        """An eventfd in the poller's set: held-back output (see write_direct) is
+        sure to be written at the next iteration even when no socket is readable."""
+        try:
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except (AttributeError, OSError):
+            return  # output is then never held back
+        try:
+            poller.register(fd, _EPOLLIN)
+        except OSError:
+            os.close(fd)
+            return
+        self.wake_fd = fd
 
     def unpoll(self, protocol: _ServerProtocol) -> None:
         """Stop reading ``protocol``'s socket here (its transport stays paused)."""
@@ -443,6 +464,8 @@ class AsyncioRunner(RunnerBase):
             index += 2
             protocol = polled.get(fd)
             if protocol is None:
+                if fd == self.wake_fd:
+                    self.wake_armed = False  # (the read reset it)
                 continue  # handed back meanwhile (the transport reads it)
             if data:
                 protocol.received(data, now)
@@ -504,20 +527,57 @@ class AsyncioRunner(RunnerBase):
                 sink.write(data)
                 return
             del backlogged[conn_id]
+            peer = self.core.peer(conn_id)
+            if peer is not None and not peer.closing:
+                peer.direct_fd = fd  # the transport is empty: flush writes directly again
         try:
             sent = _write_nonblocking(fd, data)
         except OSError:
-            backlogged[conn_id] = None
+            self.backlog(conn_id)
             sink.write(data)  # the transport reports the broken connection
             return
         if sent < len(data):
-            backlogged[conn_id] = None
+            self.backlog(conn_id)
             sink.write(memoryview(data)[sent:])
 
     def write_chunks_to(self, conn_id: Any, sink: Any, chunks: list[Any]) -> None:
         if conn_id in self.direct_fds:
-            self.backlogged[conn_id] = None
+            self.backlog(conn_id)
         sink.writelines(chunks)
+
+    def write_rest(self, peer: Peer, out: list[Any], left: int) -> None:
+        conn_id = peer.conn_id
+        self.backlog(conn_id)
+        sink: Any = self.sinks.get(conn_id)
+        if sink is None:
+            return
+        rest = out
+        if left > 0:
+            # Skip what the kernel took: whole chunks, then part of one.
+            skip = -left
+            for chunk in out:
+                skip += len(chunk)
+            rest = []
+            for chunk in out:
+                size = len(chunk)
+                if skip >= size:
+                    skip -= size
+                    continue
+                rest.append(memoryview(chunk)[skip:] if skip else chunk)
+                skip = 0
+        # The transport writes it when the socket can take it (or reports the
+        # broken connection, when the write failed).
+        sink.writelines(rest)
+        if self.paused and conn_id in self.paused:
+            self.check_output(conn_id, sink)
+
+    def backlog(self, conn_id: Any) -> None:
+        """``conn_id``'s transport may hold unsent output: later writes go through
+        it (keeping the bytes in order) until it is empty."""
+        self.backlogged[conn_id] = None
+        peer = self.core.peer(conn_id)
+        if peer is not None:
+            peer.direct_fd = -1
 
     def close_sink(self, sink: Any) -> None:
         protocol = getattr(sink, "get_protocol", lambda: None)()
@@ -601,6 +661,11 @@ class AsyncioRunner(RunnerBase):
             self._timer = None
         for server in self.servers:
             server.close()
+        if self.held_back:
+            self.flush_held()
+        if self.wake_fd >= 0:
+            os.close(self.wake_fd)
+            self.wake_fd = -1
         if self.poller is not None:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.poller.fileno())

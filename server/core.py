@@ -665,9 +665,15 @@ class ServerCore:
         """
         return [Transmit(*item) for item in self.take_output()]
 
-    def take_output(self) -> list[tuple[Any, list[bytes], bool]]:
+    def take_output(self, direct: list[Peer] | None = None) -> list[tuple[Any, list[bytes], bool]]:
         """:meth:`drain` as plain ``(conn_id, chunks, close)`` tuples (what runners
-        use: no record object per connection and flush)."""
+        use: no record object per connection and flush).
+
+        With a ``direct`` list, a peer whose ``direct_fd`` a runner set (the runner
+        writes to its socket itself), that has output and is not closing nor waiting
+        for a store commit, is appended to ``direct`` instead: its bytes stay in
+        ``peer.out`` for the runner to write and clear (no tuple, no list handed
+        over per connection and flush)."""
         dirty = self._dirty
         if not dirty:
             return []
@@ -680,6 +686,10 @@ class ServerCore:
             if peer.held:
                 chunks = self._releasable(peer)
                 close = peer.closing and not peer.held
+            elif direct is not None and peer.direct_fd >= 0 and not peer.closing:
+                if peer.out:
+                    direct.append(peer)
+                continue
             else:
                 chunks = peer.out
                 peer.out = []

@@ -114,11 +114,97 @@ def test_write_nonblocking_refuses_bad_arguments() -> None:
         speedups.write_nonblocking(1)
 
 
+CHUNK_WRITERS: list[Callable[[int, list[Any]], int]] = [
+    _wire._write_chunks,
+    speedups.write_chunks,
+]
+
+
+@pytest.mark.parametrize("write_chunks", CHUNK_WRITERS, ids=["python", "c"])
+def test_write_chunks_writes_every_chunk_in_order_and_returns_what_is_left(
+    write_chunks: Callable[[int, list[Any]], int],
+) -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        right.setblocking(False)
+        chunks: list[Any] = [b"one ", bytearray(b"two "), memoryview(b"--three ")[2:], b""]
+        assert write_chunks(left.fileno(), chunks) == 0
+        assert right.recv(64) == b"one two three "
+        assert write_chunks(left.fileno(), []) == 0
+        # More chunks than fit in the C version's stack arrays.
+        many = [b"%03d," % i for i in range(300)]
+        assert write_chunks(left.fileno(), many) == 0
+        expected = b"".join(many)
+        got = b""
+        for _ in range(100):
+            if len(got) == len(expected):
+                break
+            got += right.recv(1 << 16)
+        assert got == expected
+        # A full socket: what the kernel did not take is reported, in bytes.
+        big = b"y" * (1 << 20)
+        for _ in range(1000):  # bounded: the buffer fills within a few megabytes
+            unsent = write_chunks(left.fileno(), [big, b"tail"])
+            if unsent:
+                break
+        else:
+            pytest.fail("the socket never filled up")
+        assert 0 < unsent <= len(big) + 4
+        for _ in range(1000):
+            if write_chunks(left.fileno(), [b"z" * 1000]) == 1000:
+                break  # nothing taken now: all of it is left
+        else:
+            pytest.fail("the socket never refused a write")
+
+
+@pytest.mark.parametrize("write_chunks", CHUNK_WRITERS, ids=["python", "c"])
+def test_write_chunks_counts_chunks_past_the_iovec_limit_as_unsent(
+    write_chunks: Callable[[int, list[Any]], int],
+) -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        chunks = [b"ab"] * (_wire.WRITE_CHUNKS_MAX + 10)
+        assert write_chunks(left.fileno(), chunks) == 20
+        assert right.recv(1 << 16) == b"ab" * _wire.WRITE_CHUNKS_MAX
+
+
+@pytest.mark.parametrize("write_chunks", CHUNK_WRITERS, ids=["python", "c"])
+def test_write_chunks_raises_oserror_for_a_broken_connection(
+    write_chunks: Callable[[int, list[Any]], int],
+) -> None:
+    left, right = socket.socketpair()
+    with left:
+        left.setblocking(False)
+        right.close()
+        with pytest.raises(OSError):
+            write_chunks(left.fileno(), [b"data", b"more"])
+
+
+@pytest.mark.parametrize("write_chunks", CHUNK_WRITERS, ids=["python", "c"])
+def test_write_chunks_refuses_bad_arguments(
+    write_chunks: Callable[[int, list[Any]], int],
+) -> None:
+    not_a_list: Any = (b"a tuple",)
+    with pytest.raises(TypeError):
+        write_chunks(1, not_a_list)
+    with pytest.raises(TypeError):
+        write_chunks(1, [b"ok", "text"])
+    with pytest.raises((ValueError, OSError)):
+        write_chunks(-1, [b"x"])
+    with pytest.raises(TypeError):
+        speedups.write_chunks(1)
+    with pytest.raises(TypeError):
+        speedups.write_chunks("3", [b"x"])
+
+
 def test_the_wire_module_uses_the_c_primitives_unless_told_not_to() -> None:
     pure = os.environ.get("GEARPROTO_PURE_PYTHON", "0") not in ("", "0")
     expected = _wire._res_packet if pure else speedups.res_packet
     assert _wire.res_packet is expected
     assert _wire.poll_read is (_wire._poll_read if pure else speedups.poll_read)
+    assert _wire.write_chunks is (_wire._write_chunks if pure else speedups.write_chunks)
 
 
 def _pairs(items: list[Any]) -> dict[int, bytes]:

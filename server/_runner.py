@@ -8,6 +8,7 @@ connection's *sink*, and turning the core's store batches into commits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -171,7 +172,15 @@ class RunnerBase:
         direct.clear()
         if keep and not self.wake_armed:
             self.wake_armed = True
-            _write_nonblocking(self.wake_fd, _WAKE)
+            self.wake_poller()
+
+    def wake_poller(self) -> None:
+        """Make ``wake_fd`` readable: the poller watching it reports it at once
+        (safe from any thread; a descriptor closed meanwhile is ignored)."""
+        fd = self.wake_fd
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                _write_nonblocking(fd, _WAKE)
 
     def flush_held(self) -> None:
         """Write the output held back at the last flush now (the runner is closing)."""

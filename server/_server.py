@@ -63,6 +63,11 @@ class JobServer:
         keepalive: ``(idle, interval, count)`` to turn TCP keepalive on.
         ssl: a server-side ``ssl.SSLContext``: every connection is TLS (the verified
             client certificate, under mutual TLS, is in ``PeerInfo.peercert``).
+        own_waits: on asyncio (Linux), let the server wait for its connections'
+            next reads itself while it is busy, instead of through the event loop:
+            less CPU per job, but other callbacks on the loop may wait up to about
+            a millisecond per round (64 rounds at most).  For a loop that runs
+            nothing but the server, as the ``gearproto server`` daemon's does.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class JobServer:
         backlog: int = 32,
         keepalive: tuple[int, int, int] | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        own_waits: bool = False,
         **settings: Any,
     ) -> None:
         config = config if config is not None else ServerConfig()
@@ -89,6 +95,7 @@ class JobServer:
         self.backlog = backlog
         self.keepalive = keepalive
         self.ssl = ssl
+        self.own_waits = own_waits
         self.core: ServerCore | None = None
         self._runner: Any = None
         self._library: str | None = None
@@ -135,7 +142,9 @@ class JobServer:
         if self._library == "asyncio":
             from .asyncio_runner import AsyncioRunner
 
-            runner = AsyncioRunner(core, self.store, keepalive=self.keepalive)
+            runner = AsyncioRunner(
+                core, self.store, keepalive=self.keepalive, own_waits=self.own_waits
+            )
             self._runner = runner
             if self.port is not None:
                 await runner.listen(self.host, self.port, self.backlog, ssl=self.ssl)

@@ -19,11 +19,11 @@
  *       went out, the total when the socket takes nothing now (EAGAIN, EINTR);
  *       raises OSError for any other error.  Chunks past IOV_MAX count as unwritten.
  *
- *   poll_read(poller, maxevents) -> list
+ *   poll_read(poller, maxevents, timeout_ms=0) -> list
  *       The reads of one loop iteration for the connections the asyncio runner
- *       reads itself: epoll_wait(2) on the poller (a select.epoll, or its fd)
- *       without waiting, then one read(2) of each ready socket, all without
- *       releasing the GIL.  Returns a flat list fd, data, fd, data, ...: data is
+ *       reads itself: epoll_wait(2) on the poller (a select.epoll, or its fd),
+ *       waiting at most timeout_ms (the GIL is released only for such a wait),
+ *       then one read(2) of each ready socket, without releasing the GIL.  Returns a flat list fd, data, fd, data, ...: data is
  *       what was read, or b"" at EOF or on an error (the connection's transport
  *       then reads it again and reports what happened); a socket with nothing to
  *       read after all (EAGAIN, EINTR) is left out.
@@ -272,8 +272,9 @@ static PyObject *
 poll_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "poll_read(poller, maxevents) takes 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "poll_read(poller, maxevents, timeout_ms=0) takes 2 or 3 arguments");
         return NULL;
     }
     int epfd = PyObject_AsFileDescriptor(args[0]);
@@ -291,8 +292,28 @@ poll_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (maxevents > MAX_EVENTS) {
         maxevents = MAX_EVENTS;
     }
+    long timeout = 0;
+    if (nargs == 3) {
+        timeout = PyLong_AsLong(args[2]);
+        if (timeout == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (timeout < 0 || timeout > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "timeout_ms must be from 0 to 2**31-1");
+            return NULL;
+        }
+    }
     struct epoll_event events[MAX_EVENTS];
-    int ready = epoll_wait(epfd, events, (int)maxevents, 0);
+    int ready;
+    if (timeout == 0) {
+        ready = epoll_wait(epfd, events, (int)maxevents, 0);
+    }
+    else {
+        /* A wait may last: other threads (the store's writer) run meanwhile. */
+        Py_BEGIN_ALLOW_THREADS
+        ready = epoll_wait(epfd, events, (int)maxevents, (int)timeout);
+        Py_END_ALLOW_THREADS
+    }
     if (ready < 0) {
         if (errno == EINTR) {
             return PyList_New(0);
@@ -331,7 +352,7 @@ static PyMethodDef methods[] = {
     {"write_chunks", (PyCFunction)(void (*)(void))write_chunks, METH_FASTCALL,
      "write_chunks(fd, chunks) -> int: one writev(2); the bytes not written."},
     {"poll_read", (PyCFunction)(void (*)(void))poll_read, METH_FASTCALL,
-     "poll_read(poller, maxevents) -> list: fd, data pairs of the ready sockets."},
+     "poll_read(poller, maxevents, timeout_ms=0) -> list: fd, data pairs of the ready sockets."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -279,15 +279,17 @@ def _write_chunks(fd: int, chunks: list[Any]) -> int:
 POLL_READ_SIZE: Final = 65536
 
 
-def _poll_read(poller: Any, maxevents: int) -> list[int | bytes]:
-    """The sockets of ``poller`` (a ``select.epoll``) that are ready now, each read
-    once: a flat list ``fd, data, ...``; ``data`` is ``b""`` at EOF or on an error
-    (the connection's transport reads it again and reports it), and a socket with
-    nothing to read after all is left out."""
-    if not isinstance(maxevents, int):
-        raise TypeError("maxevents must be an int")
+def _poll_read(poller: Any, maxevents: int, timeout_ms: int = 0) -> list[int | bytes]:
+    """The sockets of ``poller`` (a ``select.epoll``) that are ready now (or within
+    ``timeout_ms``), each read once: a flat list ``fd, data, ...``; ``data`` is
+    ``b""`` at EOF or on an error (the connection's transport reads it again and
+    reports it), and a socket with nothing to read after all is left out."""
+    if not isinstance(maxevents, int) or not isinstance(timeout_ms, int):
+        raise TypeError("maxevents and timeout_ms must be ints")
     if maxevents < 1:
         raise ValueError("maxevents must be at least 1")
+    if not 0 <= timeout_ms < 1 << 31:
+        raise ValueError("timeout_ms must be from 0 to 2**31-1")
     if not isinstance(poller, select.epoll):
         # Its file descriptor (as the C version accepts): polled through a copy.
         if isinstance(poller, int):
@@ -297,9 +299,13 @@ def _poll_read(poller: Any, maxevents: int) -> list[int | bytes]:
         else:
             raise TypeError("poller must be a select.epoll, a file descriptor or have fileno()")
         with select.epoll.fromfd(os.dup(fd)) as copy:
-            return _poll_read(copy, maxevents)
+            return _poll_read(copy, maxevents, timeout_ms)
     result: list[int | bytes] = []
-    for fd, _events in poller.poll(0, min(maxevents, 64)):
+    try:
+        ready = poller.poll(timeout_ms / 1000, min(maxevents, 64))
+    except InterruptedError:  # pragma: no cover - Python retries EINTR itself
+        return result
+    for fd, _events in ready:
         try:
             data = os.read(fd, POLL_READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -314,7 +320,7 @@ def _poll_read(poller: Any, maxevents: int) -> list[int | bytes]:
 def _c_primitives() -> tuple[
     Callable[..., bytes],
     Callable[[int, Any], int],
-    Callable[[Any, int], list[int | bytes]],
+    Callable[..., list[int | bytes]],
     Callable[[int, list[Any]], int],
 ]:
     """The C versions (``gearproto.server._speedups``) of the primitives above when

@@ -43,6 +43,10 @@ _epoll: Final[Any] = getattr(select, "epoll", None)
 _EPOLLIN: Final = int(getattr(select, "EPOLLIN", 1))
 # Bound once: compiled, a call through a static skips the module attribute lookup.
 _clock: Final = time.time
+# The runner's own waits (own_waits): at most this many rounds of waiting on the
+# poller before the loop runs again, each at most this long.
+_OWN_ROUNDS: Final = 64
+_OWN_WAIT_MS: Final = 1
 
 # How long a connection the server closed keeps having its input read and discarded
 # (after its write side is shut down), so that closing it does not reset it while the
@@ -264,8 +268,14 @@ class AsyncioRunner(RunnerBase):
         store: JobStore | None = None,
         *,
         keepalive: tuple[int, int, int] | None = None,
+        own_waits: bool = False,
     ) -> None:
         super().__init__(core, store)
+        #: Wait for the polled sockets in poll_ready itself (see wait_budget): for a
+        #: loop that runs nothing but this server (the ``gearproto server`` daemon).
+        self.own_waits = own_waits and _epoll is not None
+        #: Set when the loop has work the runner's own wait would hold up.
+        self.loop_wanted = False
         self.loop = asyncio.get_running_loop()
         self.servers: list[asyncio.Server] = []
         self.closing = False
@@ -408,6 +418,8 @@ class AsyncioRunner(RunnerBase):
                 self.poll_target = poller if _poll_read is _wire._poll_read else poller.fileno()
                 self.loop.add_reader(poller.fileno(), self.poll_ready)
                 self.watch_wakeup(poller)
+                if self.own_waits:
+                    self.watch_listeners(poller)
             except (OSError, NotImplementedError, RuntimeError):
                 self.polling = False  # this loop cannot watch it: transports read
                 if poller is not None:
@@ -437,6 +449,16 @@ class AsyncioRunner(RunnerBase):
             return
         self.wake_fd = fd
 
+    def watch_listeners(self, poller: Any) -> None:
+        """The listening sockets in the poller's set: a new connection cuts the
+        runner's own wait short (the loop accepts it)."""
+        for server in self.servers:
+            # Read untyped: uvloop's servers give a list, asyncio's a tuple.
+            sockets: Any = cast(Any, server).sockets
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    poller.register(sock.fileno(), _EPOLLIN)
+
     def unpoll(self, protocol: _ServerProtocol) -> None:
         """Stop reading ``protocol``'s socket here (its transport stays paused)."""
         protocol.polled = False
@@ -450,32 +472,80 @@ class AsyncioRunner(RunnerBase):
                 self.poller.unregister(fd)
 
     def poll_ready(self) -> None:
-        """Some polled sockets are readable: read each once, then flush."""
+        """Some polled sockets are readable: read each once, then flush.
+
+        With ``own_waits``, the runner then waits for its sockets' next reads itself
+        (see :meth:`wait_budget`), for a bounded number of rounds, before it hands
+        control back to the loop."""
         items = _poll_read(self.poll_target, 64)
-        count = len(items)
-        if not count:
-            return
-        polled = self.polled
-        now = _clock()
-        index = 0
-        while index < count:
-            fd: Any = items[index]
-            data: Any = items[index + 1]
-            index += 2
-            protocol = polled.get(fd)
-            if protocol is None:
-                if fd == self.wake_fd:
-                    self.wake_armed = False  # (the read reset it)
-                continue  # handed back meanwhile (the transport reads it)
-            if data:
-                protocol.received(data, now)
-            else:
-                # EOF or an error: the transport reads it again and reports it.
-                self.unpoll(protocol)
-                transport = protocol.transport
-                if transport is not None and not transport.is_closing():
-                    transport.resume_reading()
-        self.deferred_flush()
+        rounds = 0
+        while items:
+            polled = self.polled
+            now = _clock()
+            count = len(items)
+            index = 0
+            while index < count:
+                fd: Any = items[index]
+                data: Any = items[index + 1]
+                index += 2
+                protocol = polled.get(fd)
+                if protocol is None:
+                    if fd == self.wake_fd:
+                        self.wake_armed = False  # (the read reset it)
+                    else:
+                        # A listening socket (own_waits) or a connection handed back
+                        # meanwhile: the loop has work.
+                        self.loop_wanted = True
+                    continue
+                if data:
+                    protocol.received(data, now)
+                else:
+                    # EOF or an error: the transport reads it again and reports it.
+                    self.unpoll(protocol)
+                    transport = protocol.transport
+                    if transport is not None and not transport.is_closing():
+                        transport.resume_reading()
+            self.deferred_flush()
+            if not self.own_waits:
+                return
+            timeout = self.wait_budget(rounds, now)
+            if not timeout:
+                return
+            rounds += 1
+            items = _poll_read(self.poll_target, 64, timeout)
+
+    def wait_budget(self, rounds: int, now: float) -> int:
+        """How long (ms) :meth:`poll_ready` may wait for its sockets itself, or 0 to
+        return to the loop.
+
+        Waiting here skips the loop's own poll and callback per iteration.  It is
+        only done while the loop has nothing else to do that the runner would not
+        notice: every connection is polled, no transport holds unsent output, no
+        callback of the runner's is scheduled, the store's writer has not reported
+        back (it wakes the poller when it does), no timer is due, and a listening
+        socket would cut the wait short.  The rounds and each wait are bounded so
+        that anything else on the loop waits little."""
+        if (
+            rounds >= _OWN_ROUNDS
+            or self.loop_wanted
+            or self.backlogged
+            or self.flush_scheduled
+            or self.store_scheduled
+            or self.closing
+            or self._idle_check
+            or len(self.polled) != len(self.sinks)
+            or self.core.stop_requested is not None
+        ):
+            self.loop_wanted = False
+            return 0
+        armed = self._armed
+        if armed is not None:
+            left = int((armed - now) * 1000.0)
+            if left <= 0:
+                return 0
+            if left < _OWN_WAIT_MS:
+                return left
+        return _OWN_WAIT_MS
 
     # --------------------------------------------------------------------- timers
 
@@ -508,6 +578,10 @@ class AsyncioRunner(RunnerBase):
     def deliver_from_writer(self, batch: StoreBatch, error: BaseException | None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
             self.loop.call_soon_threadsafe(self.writer_done, batch, error)
+        if self.own_waits:
+            # The runner may be waiting on its poller, not the loop: wake it.
+            self.loop_wanted = True
+            self.wake_poller()
 
     # ------------------------------------------------------------ output limits
 

@@ -437,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         backlog=args.backlog,
         keepalive=keepalive,
         ssl=tls,
+        # The daemon's loop runs nothing but the server: it may wait for its
+        # connections itself (see AsyncioRunner.wait_budget).
+        own_waits=True,
     )
     try:
         if args.loop == "trio":

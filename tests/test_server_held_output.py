@@ -47,10 +47,11 @@ async def three_jobs_and_a_worker(server: JobServer) -> tuple[Peer, Peer, list[b
     return client, worker, handles
 
 
+@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_a_held_reply_goes_out_with_no_further_traffic(loop_name: str) -> None:
+def test_a_held_reply_goes_out_with_no_further_traffic(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
-        async with JobServer() as server:
+        async with JobServer(own_waits=own_waits) as server:
             runner = runner_of(server)
             client, worker, handles = await three_jobs_and_a_worker(server)
             assert runner.wake_fd >= 0
@@ -79,10 +80,11 @@ def test_a_held_reply_goes_out_with_no_further_traffic(loop_name: str) -> None:
     run(loop_name, main)
 
 
+@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_a_synchronous_clients_replies_are_never_held(loop_name: str) -> None:
+def test_a_synchronous_clients_replies_are_never_held(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
-        async with JobServer() as server:
+        async with JobServer(own_waits=own_waits) as server:
             runner = runner_of(server)
             worker = await Peer.open(server.address)
             await worker.send(CanDo(b"upper"))
@@ -104,10 +106,13 @@ def test_a_synchronous_clients_replies_are_never_held(loop_name: str) -> None:
     run(loop_name, main)
 
 
+@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_replies_held_when_the_server_closes_are_written_first(loop_name: str) -> None:
+def test_replies_held_when_the_server_closes_are_written_first(
+    loop_name: str, own_waits: bool
+) -> None:
     async def main() -> None:
-        server = JobServer()
+        server = JobServer(own_waits=own_waits)
         await server.__aenter__()
         try:
             runner = runner_of(server)

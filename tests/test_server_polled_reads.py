@@ -62,10 +62,11 @@ async def reverse_worker(worker: Peer, jobs: int) -> None:
         done += 1
 
 
+@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_pipelined_jobs_run_through_the_runners_own_reads(loop_name: str) -> None:
+def test_pipelined_jobs_run_through_the_runners_own_reads(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
-        async with JobServer() as server:
+        async with JobServer(own_waits=own_waits) as server:
             runner = runner_of(server)
             client = await Peer.open(server.address)
             worker = await Peer.open(server.address)
@@ -112,12 +113,13 @@ def test_pipelined_jobs_run_through_the_runners_own_reads(loop_name: str) -> Non
     run(loop_name, main)
 
 
+@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_eof_and_reset_of_polled_peers_are_seen_and_others_keep_working(
-    loop_name: str,
+    loop_name: str, own_waits: bool
 ) -> None:
     async def main() -> None:
-        async with JobServer() as server:
+        async with JobServer(own_waits=own_waits) as server:
             runner = runner_of(server)
             core = server.core
             assert core is not None
@@ -150,10 +152,13 @@ def test_eof_and_reset_of_polled_peers_are_seen_and_others_keep_working(
     run(loop_name, main)
 
 
+@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_a_peer_that_stops_reading_is_paused_then_polled_again(loop_name: str) -> None:
+def test_a_peer_that_stops_reading_is_paused_then_polled_again(
+    loop_name: str, own_waits: bool
+) -> None:
     async def main() -> None:
-        async with JobServer() as server:
+        async with JobServer(own_waits=own_waits) as server:
             runner = runner_of(server)
             peer, protocol = await polled_peer(server)
             # Replies nobody reads: the socket and then the transport fill up, the
@@ -179,10 +184,11 @@ def test_a_peer_that_stops_reading_is_paused_then_polled_again(loop_name: str) -
     run(loop_name, main)
 
 
+@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_big_packets_leave_the_poller_and_come_back(loop_name: str) -> None:
+def test_big_packets_leave_the_poller_and_come_back(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
-        async with JobServer() as server:
+        async with JobServer(own_waits=own_waits) as server:
             peer, protocol = await polled_peer(server)
             for size in (70_000, 1 << 20, 200_000):
                 payload = bytes([size % 251]) * size

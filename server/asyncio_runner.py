@@ -168,6 +168,11 @@ class _ServerProtocol:
         """The big packet being read into ``view`` is complete."""
         self.use_protocol(self)
         runner = self.runner
+        if self.fd >= 0 and runner.polling:
+            # Read by the runner again at once: the transport would read the next
+            # packet's start into a new bytes object of up to its whole read size,
+            # to be copied again if that packet is big too.
+            runner.poll(self)
         runner.core.receive_frame(self.conn_id, view, time.time())
         if not runner.flush_scheduled:
             runner.schedule_flush()

@@ -84,10 +84,11 @@ class RunnerBase:
         #: empty list to swap with it.
         self.held_back: list[Peer] = []
         self._spare: list[Peer] = []
-        #: An eventfd that wakes the loop when output is held back (-1: output is
-        #: never held back); set by runners that watch it.
+        #: An eventfd that wakes the loop when output is held back; set by runners
+        #: that watch it, which then also set ``may_hold`` (cleared when closing).
         self.wake_fd = -1
         self.wake_armed = False
+        self.may_hold = False
         #: How many times a peer's output was held back (a diagnostic).
         self.held_count = 0
 
@@ -148,10 +149,11 @@ class RunnerBase:
         output waits for the next flush, which is at most one loop iteration away
         (``wake_fd`` makes sure of that), so that results arriving meanwhile go out
         in the same write: fewer system calls per job, at a cost of one iteration
-        of latency for a client that is waiting for other results anyway."""
+        of latency for a client that is waiting for other results anyway.  Only
+        while ``may_hold`` (a runner watching ``wake_fd`` sets it)."""
         previous = self.held_back
         keep = self._spare
-        hold = self.wake_fd >= 0
+        hold = self.may_hold
         for peer in direct:
             if peer.held_back:
                 continue  # held once already: written with the others below

@@ -12,21 +12,23 @@
  *       (EAGAIN, EINTR); raises OSError for any other error.
  *
  *   write_chunks(fd, chunks) -> int
- *       One writev(2) (write(2) for one chunk) of a list of bytes-like chunks to a non-blocking socket,
- *       keeping the GIL like write_nonblocking: a connection's replies go out in
- *       one system call without first being joined into one object (and a big
- *       payload is never copied).  Returns the bytes NOT written: 0 when all
- *       went out, the total when the socket takes nothing now (EAGAIN, EINTR);
- *       raises OSError for any other error.  Chunks past IOV_MAX count as unwritten.
+ *       One writev(2) (a write(2) for a single chunk) of a list of bytes-like
+ *       chunks to a non-blocking socket, keeping the GIL like write_nonblocking:
+ *       a connection's replies go out in one system call without first being
+ *       joined into one object (and a big payload is never copied).  Returns the
+ *       bytes NOT written: 0 when all went out, the total when the socket takes
+ *       nothing now (EAGAIN, EINTR); raises OSError for any other error.  Chunks
+ *       past IOV_MAX count as not written.
  *
  *   poll_read(poller, maxevents, timeout_ms=0) -> list
  *       The reads of one loop iteration for the connections the asyncio runner
  *       reads itself: epoll_wait(2) on the poller (a select.epoll, or its fd),
  *       waiting at most timeout_ms (the GIL is released only for such a wait),
- *       then one read(2) of each ready socket, without releasing the GIL.  Returns a flat list fd, data, fd, data, ...: data is
- *       what was read, or b"" at EOF or on an error (the connection's transport
- *       then reads it again and reports what happened); a socket with nothing to
- *       read after all (EAGAIN, EINTR) is left out.
+ *       then one read(2) of each ready socket, without releasing the GIL.
+ *       Returns a flat list fd, data, fd, data, ...: data is what was read, or
+ *       b"" at EOF or on an error (the connection's transport then reads it
+ *       again and reports what happened); a socket with nothing to read after all
+ *       (EAGAIN, EINTR) is left out.
  *
  * Optional: gearproto/server/_wire.py holds the Python versions, which are the
  * reference (tests check both give the same results) and are used when this

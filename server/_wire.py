@@ -343,7 +343,8 @@ def _c_primitives() -> tuple[
 
 #: ``res_packet(ptype, *parts)``: the server's packets, header and body in one object.
 #: ``write_nonblocking(fd, data)``: a socket write that keeps the GIL (it never waits).
-#: ``poll_read(poller, maxevents)``: one iteration's reads of the polled sockets.
+#: ``poll_read(poller, maxevents, timeout_ms=0)``: one round of reads of the polled
+#: sockets (waiting for the first at most ``timeout_ms``).
 #: ``write_chunks(fd, chunks)``: a connection's replies in one writev, unjoined.
 _PRIMITIVES: Final = _c_primitives()
 res_packet: Final = _PRIMITIVES[0]

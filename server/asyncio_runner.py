@@ -453,6 +453,7 @@ class AsyncioRunner(RunnerBase):
             os.close(fd)
             return
         self.wake_fd = fd
+        self.may_hold = True
 
     def watch_listeners(self, poller: Any) -> None:
         """The listening sockets in the poller's set: a new connection cuts the
@@ -740,11 +741,10 @@ class AsyncioRunner(RunnerBase):
             self._timer = None
         for server in self.servers:
             server.close()
+        # From now on nothing is held back (the poller that ends a wait is closed).
+        self.may_hold = False
         if self.held_back:
             self.flush_held()
-        if self.wake_fd >= 0:
-            os.close(self.wake_fd)
-            self.wake_fd = -1
         if self.poller is not None:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.poller.fileno())
@@ -774,6 +774,10 @@ class AsyncioRunner(RunnerBase):
                     await self.loop.run_in_executor(None, self.apply_batch, batch)
                 except Exception as exc:  # pragma: no cover - logged, nothing to answer
                     log.error("job store failed at shutdown: %s", exc)
+        if self.wake_fd >= 0:
+            # Only now: the writer thread, which may wake the poller, has stopped.
+            os.close(self.wake_fd)
+            self.wake_fd = -1
 
 
 def _abort(transport: Any) -> None:

@@ -55,6 +55,7 @@ def test_a_held_reply_goes_out_with_no_further_traffic(loop_name: str, own_waits
             runner = runner_of(server)
             client, worker, handles = await three_jobs_and_a_worker(server)
             assert runner.wake_fd >= 0
+            assert runner.may_hold
             await wait_until(lambda: not runner.held_back, "earlier held replies are out")
             before = runner.held_count
             # The client still follows two other jobs: this result is held back,
@@ -131,6 +132,8 @@ def test_replies_held_when_the_server_closes_are_written_first(
             assert runner.held_back
         finally:
             await server.aclose()
+        assert not runner.may_hold
+        assert runner.wake_fd == -1  # closed once the store's writer has stopped
         assert await client.next_event() == WorkComplete(handles[0], b"JOB 0")
         assert await asyncio.wait_for(client.reader.read(), 10) == b""
         client.writer.close()

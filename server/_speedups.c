@@ -120,6 +120,22 @@ done:
     return result;
 }
 
+/* A file descriptor number given as an int: 0 and *fd set, or -1 with an error. */
+static int
+fd_argument(PyObject *arg, int *fd)
+{
+    long number = PyLong_AsLong(arg);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (number < 0 || number > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "bad file descriptor number");
+        return -1;
+    }
+    *fd = (int)number;
+    return 0;
+}
+
 static PyObject *
 write_nonblocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -128,19 +144,15 @@ write_nonblocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "write_nonblocking(fd, data) takes 2 arguments");
         return NULL;
     }
-    long fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (fd < 0 || fd > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "bad file descriptor number");
+    int fd;
+    if (fd_argument(args[0], &fd) < 0) {
         return NULL;
     }
     PyObject *data = args[1];
     ssize_t written;
     int saved;
     if (PyBytes_CheckExact(data)) {
-        written = write((int)fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+        written = write(fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
         saved = errno;
     }
     else {
@@ -148,7 +160,7 @@ write_nonblocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
             return NULL;
         }
-        written = write((int)fd, view.buf, (size_t)view.len);
+        written = write(fd, view.buf, (size_t)view.len);
         saved = errno;
         PyBuffer_Release(&view);
     }
@@ -177,12 +189,8 @@ write_chunks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "write_chunks(fd, chunks) takes 2 arguments");
         return NULL;
     }
-    long fd = PyLong_AsLong(args[0]);
-    if (fd == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (fd < 0 || fd > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "bad file descriptor number");
+    int fd;
+    if (fd_argument(args[0], &fd) < 0) {
         return NULL;
     }
     PyObject *chunks = args[1];
@@ -240,8 +248,8 @@ write_chunks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* One chunk (the usual case: one reply per connection and flush) is a plain
      * write(2), which the kernel handles with less work than a vector. */
-    ssize_t written = used == 1   ? write((int)fd, iov[0].iov_base, iov[0].iov_len)
-                      : used      ? writev((int)fd, iov, (int)used)
+    ssize_t written = used == 1   ? write(fd, iov[0].iov_base, iov[0].iov_len)
+                      : used      ? writev(fd, iov, (int)used)
                                   : 0;
     if (written >= 0) {
         result = PyLong_FromSsize_t(total - written);

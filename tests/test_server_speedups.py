@@ -260,6 +260,16 @@ def test_poll_read_refuses_bad_arguments(poll_read: Callable[[Any, int], list[An
             poll_read(poller, 0)
         with pytest.raises(TypeError):
             poll_read(poller, "64")  # type: ignore[arg-type]
+        waiting: Callable[..., list[Any]] = poll_read
+        with pytest.raises(ValueError):
+            waiting(poller, 64, -1)
+        with pytest.raises(ValueError):
+            waiting(poller, 64, 1 << 31)
+        with pytest.raises(TypeError):
+            waiting(poller, 64, 0.5)
+        assert waiting(poller, 64, 1) == []  # nothing registered: the wait times out
+    with pytest.raises(TypeError):
+        speedups.poll_read(0, 64, 1, "extra")
     with pytest.raises((ValueError, OSError)):
         poll_read(poller, 64)  # closed
     with pytest.raises(TypeError):

@@ -83,6 +83,8 @@ class JobServer:
         own_waits: bool = False,
         **settings: Any,
     ) -> None:
+        if not isinstance(own_waits, bool):
+            raise TypeError(f"own_waits must be True or False, not {own_waits!r}")
         config = config if config is not None else ServerConfig()
         if settings:
             config = replace(config, **settings)

@@ -14,7 +14,7 @@ import struct
 import time
 
 import pytest
-from helpers.asyncio_peers import LOOPS, Peer, run, runner_of, wait_until
+from helpers.asyncio_peers import EACH_LOOP_AND_WAITS, Peer, run, runner_of, wait_until
 
 from gearproto.events import (
     CanDo,
@@ -47,8 +47,7 @@ async def three_jobs_and_a_worker(server: JobServer) -> tuple[Peer, Peer, list[b
     return client, worker, handles
 
 
-@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
-@pytest.mark.parametrize("loop_name", LOOPS)
+@EACH_LOOP_AND_WAITS
 def test_a_held_reply_goes_out_with_no_further_traffic(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
         async with JobServer(own_waits=own_waits) as server:
@@ -81,8 +80,7 @@ def test_a_held_reply_goes_out_with_no_further_traffic(loop_name: str, own_waits
     run(loop_name, main)
 
 
-@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
-@pytest.mark.parametrize("loop_name", LOOPS)
+@EACH_LOOP_AND_WAITS
 def test_a_synchronous_clients_replies_are_never_held(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
         async with JobServer(own_waits=own_waits) as server:
@@ -107,8 +105,7 @@ def test_a_synchronous_clients_replies_are_never_held(loop_name: str, own_waits:
     run(loop_name, main)
 
 
-@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
-@pytest.mark.parametrize("loop_name", LOOPS)
+@EACH_LOOP_AND_WAITS
 def test_replies_held_when_the_server_closes_are_written_first(
     loop_name: str, own_waits: bool
 ) -> None:

@@ -88,6 +88,9 @@ def test_the_wait_budget_goes_back_to_the_loop_whenever_it_has_work(loop_name: s
             await quiet.close()
         async with JobServer() as default:
             assert not runner_of(default).own_waits  # off unless asked for
+        for garbage in ("yes", 1, None):
+            with pytest.raises(TypeError, match="own_waits must be True or False"):
+                JobServer(own_waits=garbage)  # type: ignore[arg-type]
 
     run(loop_name, main)
 

@@ -14,7 +14,7 @@ import socket
 import struct
 
 import pytest
-from helpers.asyncio_peers import LOOPS, Peer, run, runner_of, wait_until
+from helpers.asyncio_peers import EACH_LOOP_AND_WAITS, Peer, run, runner_of, wait_until
 
 from gearproto.events import (
     CanDo,
@@ -62,8 +62,7 @@ async def reverse_worker(worker: Peer, jobs: int) -> None:
         done += 1
 
 
-@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
-@pytest.mark.parametrize("loop_name", LOOPS)
+@EACH_LOOP_AND_WAITS
 def test_pipelined_jobs_run_through_the_runners_own_reads(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
         async with JobServer(own_waits=own_waits) as server:
@@ -113,8 +112,7 @@ def test_pipelined_jobs_run_through_the_runners_own_reads(loop_name: str, own_wa
     run(loop_name, main)
 
 
-@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
-@pytest.mark.parametrize("loop_name", LOOPS)
+@EACH_LOOP_AND_WAITS
 def test_eof_and_reset_of_polled_peers_are_seen_and_others_keep_working(
     loop_name: str, own_waits: bool
 ) -> None:
@@ -152,8 +150,7 @@ def test_eof_and_reset_of_polled_peers_are_seen_and_others_keep_working(
     run(loop_name, main)
 
 
-@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
-@pytest.mark.parametrize("loop_name", LOOPS)
+@EACH_LOOP_AND_WAITS
 def test_a_peer_that_stops_reading_is_paused_then_polled_again(
     loop_name: str, own_waits: bool
 ) -> None:
@@ -184,8 +181,7 @@ def test_a_peer_that_stops_reading_is_paused_then_polled_again(
     run(loop_name, main)
 
 
-@pytest.mark.parametrize("own_waits", [False, True], ids=["loop-waits", "own-waits"])
-@pytest.mark.parametrize("loop_name", LOOPS)
+@EACH_LOOP_AND_WAITS
 def test_big_packets_leave_the_poller_and_come_back(loop_name: str, own_waits: bool) -> None:
     async def main() -> None:
         async with JobServer(own_waits=own_waits) as server:

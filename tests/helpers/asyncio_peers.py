@@ -14,6 +14,14 @@ from gearproto.server.asyncio_runner import AsyncioRunner
 
 LOOPS = ["asyncio", "uvloop"]
 
+#: A test's ``loop_name`` and ``own_waits``: each loop, with the runner's own waits
+#: (``JobServer(own_waits=...)``) off and on.
+EACH_LOOP_AND_WAITS = pytest.mark.parametrize(
+    ("loop_name", "own_waits"),
+    [(loop, waits) for loop in LOOPS for waits in (False, True)],
+    ids=[f"{loop}-{'own' if waits else 'loop'}-waits" for loop in LOOPS for waits in (False, True)],
+)
+
 
 def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     loop_factory: Any = asyncio.new_event_loop
